@@ -1,0 +1,44 @@
+"""Dependencies shared by the routes: settings, the job store, the artifact store, the caller's tenant."""
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from api.errors import Problem
+from api.settings import Settings
+from worker.artifacts import ArtifactStore
+from worker.store import JobStore
+
+
+def get_settings_dep(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_store(request: Request) -> JobStore:
+    return request.app.state.store
+
+
+def get_artifacts(request: Request) -> ArtifactStore:
+    return request.app.state.artifacts
+
+
+def get_tenant(request: Request) -> str:
+    keys: dict[str, str] = request.app.state.keys
+    if not keys:
+        return "default"  # open mode: only ever bound to loopback (checked at start-up)
+    auth = request.headers.get("authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() == "bearer" and token:
+        for key, tenant in keys.items():
+            if secrets.compare_digest(key, token.strip()):
+                return tenant
+    raise Problem(401, "missing or unknown API key: send `Authorization: Bearer <key>`",
+                  headers={"WWW-Authenticate": "Bearer"})
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+StoreDep = Annotated[JobStore, Depends(get_store)]
+ArtifactsDep = Annotated[ArtifactStore, Depends(get_artifacts)]
+TenantDep = Annotated[str, Depends(get_tenant)]

@@ -1,0 +1,133 @@
+"""Jobs: submit, list, follow (JSON and server-sent events), cancel, report, downloads."""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import FileResponse, StreamingResponse
+
+from api.deps import ArtifactsDep, StoreDep, TenantDep
+from api.errors import Problem
+from api.schemas import EventList, JobList, JobPublic, JobStatus
+from api.submission import check_submission
+from kdcore.spec import JobSpec
+from worker.artifacts import JOB_OUTPUTS
+from worker.celery_app import RUN_JOB
+from worker.store import TERMINAL, JobStore
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+SSE_BLOCK_MS = 5000
+
+
+def _job(store: JobStore, job_id: str, tenant: str) -> dict:
+    rec = store.get_job(job_id, tenant)
+    if rec is None:
+        raise Problem(404, f"no job {job_id}")
+    return rec
+
+
+def _queue(spec: JobSpec, store: JobStore) -> str:
+    if spec.resources.device != "auto":
+        return "gpu" if spec.resources.device == "cuda" else "cpu"
+    # auto: a GPU when some live worker serves the gpu queue, else the CPU queue
+    return "gpu" if any("gpu" in w.get("queues", []) for w in store.live_workers().values()) else "cpu"
+
+
+@router.post("", status_code=202, response_model=JobPublic,
+             summary="Submit a distillation job",
+             description="Validates the JobSpec (names against the registries, uploads and earlier jobs against "
+                         "the store, class counts against the dataset), writes a queued job and enqueues its id. "
+                         "With the same `Idempotency-Key` a second submit returns the first job.",
+             responses={422: {"description": "invalid spec; `errors` names each field"}})
+def submit(spec: JobSpec, request: Request, response: Response, tenant: TenantDep, store: StoreDep, artifacts: ArtifactsDep,
+           idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> JobPublic:
+    check_submission(spec, tenant, store, artifacts)
+    queue = _queue(spec, store)
+    rec, created = store.create_job(tenant, spec.model_dump(mode="json"), queue, spec.name, idempotency_key)
+    if created:
+        request.app.state.celery.send_task(RUN_JOB, args=[rec["id"]], queue=queue)
+    response.headers["Location"] = f"/v1/jobs/{rec['id']}"
+    return JobPublic.from_record(rec)
+
+
+@router.get("", response_model=JobList, summary="List jobs, newest first")
+def list_jobs(tenant: TenantDep, store: StoreDep, status: JobStatus | None = None,
+              limit: Annotated[int, Query(ge=1, le=200)] = 20,
+              cursor: Annotated[str | None, Query(pattern=r"^[0-9.eE+-]+$", max_length=40)] = None) -> JobList:
+    try:
+        after = float(cursor) if cursor else None
+    except ValueError:
+        raise Problem(422, "cursor: not a cursor from an earlier page",
+                      [{"loc": ["query", "cursor"], "msg": "not a cursor from an earlier page"}]) from None
+    recs, nxt = store.list_jobs(tenant, status, limit, after)
+    return JobList(data=[JobPublic.from_record(r) for r in recs], next_cursor=nxt)
+
+
+@router.get("/{job_id}", response_model=JobPublic, summary="A job's status, progress, latest metrics, error")
+def get_job(job_id: str, tenant: TenantDep, store: StoreDep) -> JobPublic:
+    return JobPublic.from_record(_job(store, job_id, tenant))
+
+
+@router.get("/{job_id}/events", response_model=EventList,
+            summary="A job's events: JSON, or a server-sent event stream with `Accept: text/event-stream`",
+            responses={200: {"content": {"text/event-stream": {}}}})
+def events(job_id: str, request: Request, tenant: TenantDep, store: StoreDep,
+           after: Annotated[str | None, Query(pattern=r"^\d+-\d+$", description="event id to read after")] = None,
+           limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+           last_event_id: Annotated[str | None, Header(pattern=r"^\d+-\d+$")] = None):
+    _job(store, job_id, tenant)
+    if "text/event-stream" in request.headers.get("accept", ""):
+        return StreamingResponse(_sse(store, job_id, last_event_id or after or "0-0"),
+                                 media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    rows = store.events(job_id, after, limit)
+    return EventList(data=rows, next_cursor=rows[-1]["id"] if rows else after)
+
+
+def _sse(store: JobStore, job_id: str, cursor: str) -> Iterator[str]:
+    """Replays events after the cursor, then follows new ones until the job has ended."""
+    while True:
+        rows = store.wait_events(job_id, cursor, SSE_BLOCK_MS)
+        for ev in rows:
+            cursor = ev["id"]
+            yield f"id: {ev['id']}\nevent: {ev['type']}\ndata: {json.dumps({**ev['data'], 'ts': ev['ts']})}\n\n"
+        if not rows:
+            rec = store.get_job(job_id)
+            if rec is None or rec["status"] in TERMINAL:
+                yield f"event: end\ndata: {json.dumps({'status': rec['status'] if rec else None})}\n\n"
+                return
+            yield ": keep-alive\n\n"
+
+
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic,
+             summary="Ask a queued or running job to stop", responses={409: {"description": "already ended"}})
+def cancel(job_id: str, tenant: TenantDep, store: StoreDep) -> JobPublic:
+    rec = _job(store, job_id, tenant)
+    if rec["status"] in TERMINAL:
+        raise Problem(409, f"job {job_id} already {rec['status']}")
+    store.request_cancel(job_id)
+    return JobPublic.from_record(_job(store, job_id, tenant))
+
+
+@router.get("/{job_id}/report", summary="The final report", responses={409: {"description": "not finished"}})
+def report(job_id: str, tenant: TenantDep, store: StoreDep) -> dict:
+    rec = _job(store, job_id, tenant)
+    if rec["status"] != "succeeded" or rec.get("report") is None:
+        why = f": {rec['error']['message']}" if rec.get("error") else ""
+        raise Problem(409, f"job {job_id} is {rec['status']}{why}; the report comes when it has succeeded")
+    return rec["report"]
+
+
+@router.get("/{job_id}/artifacts/{name}", summary="Download a job's output",
+            description=f"Names: {', '.join(JOB_OUTPUTS)}.",
+            responses={200: {"content": {"application/octet-stream": {}}}, 404: {"description": "no such output"}})
+def download(job_id: str, name: str, tenant: TenantDep, store: StoreDep, artifacts: ArtifactsDep) -> FileResponse:
+    rec = _job(store, job_id, tenant)
+    if name not in JOB_OUTPUTS:
+        raise Problem(404, f"no output {name!r}; a job offers {', '.join(JOB_OUTPUTS)}")
+    path = artifacts.job_output(job_id, name)
+    if path is None or rec["status"] != "succeeded":
+        raise Problem(404, f"job {job_id} ({rec['status']}) has no {name} yet")
+    return FileResponse(path, media_type=JOB_OUTPUTS[name], filename=f"{job_id}-{name}")

@@ -1,0 +1,97 @@
+"""Submit-time checks that need the store: referenced uploads and jobs exist, belong to the caller,
+and fit the dataset (class count, channels, method needs). Every failure names its field."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from api.errors import Problem
+from kdcore.checkpoints import CheckpointError, inspect_upload
+from kdcore.datasets import DatasetError, DatasetInfo, dataset_info
+from kdcore.methods import METHODS
+from kdcore.spec import JobSpec, semantic_errors
+from worker.artifacts import ArtifactStore
+from worker.store import JobStore
+
+Loc = tuple[str | int, ...]
+
+
+def _dataset(spec: JobSpec, tenant: str, store: JobStore, errors: list[dict]) -> DatasetInfo | None:
+    if not spec.dataset.artifact:
+        return dataset_info(spec.dataset.name)
+    loc = ["body", "dataset", "artifact"]
+    art = store.get_artifact(spec.dataset.artifact, tenant)
+    if art is None:
+        errors.append({"loc": loc, "msg": f"no artifact {spec.dataset.artifact}"})
+        return None
+    if art["format"] != "npz":
+        errors.append({"loc": loc, "msg": f"artifact {art['id']} is a {art['format']} file, not an .npz dataset"})
+        return None
+    try:
+        return dataset_info(spec.dataset.name, Path(art["path"]))
+    except DatasetError as e:
+        errors.append({"loc": loc, "msg": str(e)})
+        return None
+
+
+def check_submission(spec: JobSpec, tenant: str, store: JobStore, artifacts: ArtifactStore) -> None:
+    """Raises a 422 Problem listing every problem found; returns quietly when the job can run."""
+    errors: list[dict] = []
+    info = _dataset(spec, tenant, store, errors)
+    if info is not None:
+        errors += [{"loc": ["body", *loc], "msg": msg} for loc, msg in
+                   semantic_errors(spec, info.num_classes, info.in_channels)]
+    logits_only = METHODS.get(spec.distillation.method).meta["logits_only"]
+    for i, t in enumerate(spec.teachers):
+        base: Loc = ("body", "teacher", i) if isinstance(spec.teacher, list) else ("body", "teacher")
+        outputs: int | None = None
+        if t.job is not None:
+            rec = store.get_job(t.job, tenant)
+            if rec is None:
+                errors.append({"loc": [*base, "job"], "msg": f"no job {t.job}"})
+                continue
+            if rec["status"] != "succeeded":
+                errors.append({"loc": [*base, "job"], "msg": f"teacher job {t.job} is {rec['status']}; "
+                               "it must have succeeded"})
+                continue
+            path = artifacts.job_output(t.job, "student.safetensors")
+            if path is None:
+                errors.append({"loc": [*base, "job"], "msg": f"job {t.job} left no student.safetensors"})
+                continue
+            try:
+                outputs = inspect_upload(path, path.name).get("num_outputs")
+            except CheckpointError as e:
+                errors.append({"loc": [*base, "job"], "msg": str(e)})
+                continue
+        else:
+            art = store.get_artifact(t.checkpoint or "", tenant)
+            if art is None:
+                errors.append({"loc": [*base, "checkpoint"], "msg": f"no artifact {t.checkpoint}"})
+                continue
+            fmt, meta = art["format"], art.get("meta") or {}
+            if fmt == "npz":
+                errors.append({"loc": [*base, "checkpoint"], "msg": f"artifact {art['id']} is a dataset, "
+                               "not a checkpoint"})
+                continue
+            has_arch = t.architecture or (meta.get("metadata") or {}).get("architecture")
+            if fmt in ("safetensors", "state_dict") and not has_arch:
+                errors.append({"loc": [*base, "architecture"], "msg": "a state-dict checkpoint needs "
+                               "`architecture` (a registry name) to be built"})
+            if fmt in ("export", "onnx") and (t.architecture or t.kwargs):
+                errors.append({"loc": [*base, "architecture"], "msg": f"a {fmt} checkpoint carries its own "
+                               "graph; drop `architecture`/`kwargs`"})
+            if fmt == "onnx" and not logits_only:
+                errors.append({"loc": [*base, "checkpoint"], "msg": f"method {spec.distillation.method!r} needs "
+                               "intermediate features, which an ONNX teacher cannot give; use a .pt2 or state dict"})
+            outputs = meta.get("num_outputs")
+            shape = meta.get("input_shape")
+            if info is not None and shape and len(shape) == 4 and all(isinstance(d, int) for d in shape[1:]) \
+                    and tuple(shape[1:]) != info.input_shape:
+                errors.append({"loc": [*base, "checkpoint"], "msg": f"teacher takes input {tuple(shape[1:])} but "
+                               f"dataset {info.name} gives {info.input_shape}"})
+        if info is not None and outputs is not None and outputs != info.num_classes:
+            field = "job" if t.job is not None else "checkpoint"
+            errors.append({"loc": [*base, field], "msg": f"teacher outputs {outputs} classes but dataset "
+                           f"{info.name} has {info.num_classes}"})
+    if errors:
+        detail = "; ".join(f"{'.'.join(str(x) for x in e['loc'][1:])}: {e['msg']}" for e in errors[:5])
+        raise Problem(422, detail, errors)

@@ -1,0 +1,1 @@
+"""Distillery's command line: `distillery up | api | worker` (see distillery.cli)."""

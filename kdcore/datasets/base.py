@@ -1,0 +1,58 @@
+"""What every dataset hands to the training loop: tensors plus the facts a model needs about them."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """The tensor format of a dataset, as stated in the catalog.
+
+    Models receive float32 NCHW tensors already normalized: x = (pixel / max_value - mean) / std,
+    with one mean/std per channel. Teachers exported elsewhere must take exactly this input.
+    """
+
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: tuple[int, int]  # (H, W)
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_names: tuple[str, ...]
+    train_size: int | None = None
+    test_size: int | None = None
+    # how raw pixels map to [0, 1] before normalization, e.g. "uint8 / 255" or "0..16 / 16"
+    raw_range: str = "uint8 / 255"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.in_channels, *self.image_size)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready description for the catalog and for student metadata."""
+        d = asdict(self)
+        d["input_shape"] = list(self.input_shape)
+        d["dtype"] = "float32"
+        d["layout"] = "NCHW"
+        d["normalization"] = f"x = (raw {self.raw_range} - mean) / std, per channel"
+        d["class_names"] = list(self.class_names)
+        return d
+
+
+@dataclass
+class TensorData:
+    """A whole dataset held as tensors (float32 NCHW, normalized; int64 labels)."""
+
+    info: DatasetInfo
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+    def to(self, device: torch.device | str) -> TensorData:
+        return TensorData(self.info, self.x_train.to(device), self.y_train.to(device),
+                          self.x_test.to(device), self.y_test.to(device))

@@ -1,0 +1,49 @@
+"""Test-split evaluation: top-1, top-5 and predictions, batched, without gradients."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+EVAL_BATCH = 1024
+
+
+@torch.no_grad()
+def predict(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, device: torch.device,
+            precision: str = "fp32", batch_size: int = EVAL_BATCH) -> torch.Tensor:
+    """Logits for all of x (float32, on device). nn.Modules are put in eval mode and restored after."""
+    was_training = isinstance(model, nn.Module) and model.training
+    if isinstance(model, nn.Module):
+        model.eval()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    outs = []
+    try:
+        for i in range(0, x.shape[0], batch_size):
+            xb = x[i:i + batch_size].to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                outs.append(model(xb).float())
+    finally:
+        if was_training:
+            model.train()
+    return torch.cat(outs)
+
+
+def topk_accuracy(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float | None]:
+    """Top-1 and top-5 as fractions; top-5 is None below 10 classes, where it says little."""
+    top1 = (logits.argmax(1) == y).float().mean().item()
+    if logits.shape[1] < 10:
+        return top1, None
+    top5 = (logits.topk(5, dim=1).indices == y[:, None]).any(1).float().mean().item()
+    return top1, top5
+
+
+def evaluate(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+             device: torch.device, precision: str = "fp32") -> dict[str, Any]:
+    logits = predict(model, x, device, precision)
+    y = y.to(logits.device)
+    top1, top5 = topk_accuracy(logits, y)
+    return {"top1": round(top1, 6), "top5": None if top5 is None else round(top5, 6),
+            "loss": round(F.cross_entropy(logits, y).item(), 6), "preds": logits.argmax(1)}

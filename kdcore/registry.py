@@ -1,0 +1,78 @@
+"""A small name -> factory registry in the style of timm's `register_model` / `create_model`.
+
+One decorator registers, one call creates, and an unknown name raises an error that lists the
+known choices, so that the API can hand it to the user as a 422 unchanged.
+"""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class UnknownNameError(KeyError):
+    """Raised for a name that is not registered; the message names the known choices."""
+
+    def __init__(self, kind: str, name: str, choices: list[str]):
+        self.kind, self.name, self.choices = kind, name, choices
+        close = difflib.get_close_matches(name, choices, n=3)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        shown = ", ".join(choices[:60]) + (f", … ({len(choices)} in all)" if len(choices) > 60 else "")
+        self.message = f"unknown {kind} {name!r}.{hint} Known {kind}s: {shown}"
+        super().__init__(self.message)
+
+    def __str__(self) -> str:  # KeyError would quote the message otherwise
+        return self.message
+
+
+@dataclass
+class Entry(Generic[F]):
+    name: str
+    fn: F
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Registry(Generic[F]):
+    """Maps names to factories plus free-form metadata (parameter schema, family, paper…)."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Entry[F]] = {}
+
+    def register(self, name: str | None = None, **meta: Any) -> Callable[[F], F]:
+        def deco(fn: F) -> F:
+            key = name or fn.__name__
+            if key in self._entries:
+                raise ValueError(f"{self.kind} {key!r} registered twice")
+            self._entries[key] = Entry(key, fn, dict(meta))
+            return fn
+
+        return deco
+
+    def add(self, name: str, fn: F, **meta: Any) -> None:
+        """Register without a decorator (for generated entries such as torchvision's models)."""
+        self.register(name, **meta)(fn)
+
+    def get(self, name: str) -> Entry[F]:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise UnknownNameError(self.kind, name, self.names()) from None
+
+    def create(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return self.get(name).fn(*args, **kwargs)
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[Entry[F]]:
+        return iter(self._entries[k] for k in self.names())
+
+    def __len__(self) -> int:
+        return len(self._entries)

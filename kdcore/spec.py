@@ -1,0 +1,214 @@
+"""The JobSpec: what a user asks for, validated against the registries before anything runs.
+
+Pydantic models with `extra="forbid"`, so a misspelt field is an error rather than a silent default.
+Names (architecture, dataset, method) are checked here by field validators so that the error's
+location is the field itself; checks that need two fields at once (a kwarg contradicting the
+dataset's class count) live in `semantic_errors`, which returns (loc, msg) pairs for the API.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from kdcore.datasets import DATASETS
+from kdcore.methods import METHODS
+from kdcore.models import MODELS
+from kdcore.registry import UnknownNameError
+
+_FORBID = ConfigDict(extra="forbid")
+
+
+def _known(registry: Any, name: str) -> str:
+    if name not in registry:
+        raise ValueError(str(UnknownNameError(registry.kind, name, registry.names())))
+    return name
+
+
+class TeacherSpec(BaseModel):
+    """One teacher: an uploaded checkpoint, or the student of an earlier job."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"job": "job_0123456789abcdef"},
+                     {"checkpoint": "art_0123456789abcdef", "architecture": "mlp",
+                      "kwargs": {"hidden": [1200, 1200]}}]})
+
+    checkpoint: str | None = Field(None, description="id of an uploaded artifact (art_…): .safetensors or "
+                                   ".pt/.pth state dict (needs `architecture`), .pt2 torch.export program, .onnx")
+    job: str | None = Field(None, description="id of an earlier succeeded job whose student becomes this teacher")
+    architecture: str | None = Field(None, description="registry name, needed when the checkpoint is a state dict")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="architecture kwargs; class count and "
+                                   "input channels default to the dataset's")
+
+    @field_validator("architecture")
+    @classmethod
+    def _arch_known(cls, v: str | None) -> str | None:
+        return None if v is None else _known(MODELS, v)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TeacherSpec:
+        if (self.checkpoint is None) == (self.job is None):
+            raise ValueError("a teacher needs exactly one source: `checkpoint` (an uploaded artifact id) "
+                             "or `job` (an earlier job's id)")
+        if self.job is not None and (self.architecture or self.kwargs):
+            raise ValueError("a `job` teacher takes its architecture from that job; drop `architecture`/`kwargs`")
+        return self
+
+
+class StudentSpec(BaseModel):
+    model_config = _FORBID
+
+    architecture: str = Field(description="registry name, see GET /v1/catalog")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("architecture")
+    @classmethod
+    def _arch_known(cls, v: str) -> str:
+        return _known(MODELS, v)
+
+
+class DatasetSpec(BaseModel):
+    model_config = _FORBID
+
+    name: str = Field(description="digits | mnist | fashion_mnist | cifar10 | cifar100 | npz")
+    artifact: str | None = Field(None, description="uploaded .npz artifact id, for `npz`")
+    augment: Literal["none", "standard"] = Field(
+        "none", description="standard: random crop+flip for CIFAR-like data, small shifts for MNIST-like")
+
+    @field_validator("name")
+    @classmethod
+    def _name_known(cls, v: str) -> str:
+        return _known(DATASETS, v)
+
+    @model_validator(mode="after")
+    def _artifact_matches(self) -> DatasetSpec:
+        needs = DATASETS.get(self.name).meta.get("needs_artifact", False)
+        if needs and not self.artifact:
+            raise ValueError(f"dataset {self.name!r} needs `artifact`: the id of an uploaded file")
+        if not needs and self.artifact:
+            raise ValueError(f"dataset {self.name!r} is built in; `artifact` is only for uploaded data (npz)")
+        return self
+
+
+class DistillationSpec(BaseModel):
+    model_config = _FORBID
+
+    method: str = Field("kd", description="none (labels only) | kd (Hinton et al. 2015) | …, see the catalog")
+    temperature: float = Field(4.0, gt=0, le=100, description="softmax temperature T of the soft term")
+    alpha: float = Field(0.9, ge=0, le=1, description="weight of the soft (teacher) term; (1 - alpha) weighs "
+                         "the hard-label cross-entropy: L = alpha*T^2*KL(p_t||p_s) + (1-alpha)*CE")
+    params: dict[str, Any] = Field(default_factory=dict, description="method-specific parameters")
+    schedule: dict[str, Any] = Field(default_factory=dict, description="temperature/alpha schedules over "
+                                     "epochs (not yet supported: must be empty)")
+
+    @field_validator("method")
+    @classmethod
+    def _method_known(cls, v: str) -> str:
+        return _known(METHODS, v)
+
+    @field_validator("schedule")
+    @classmethod
+    def _no_schedule_yet(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if v:
+            raise ValueError("schedules are not supported yet; leave `schedule` empty")
+        return v
+
+    @model_validator(mode="after")
+    def _params_valid(self) -> DistillationSpec:
+        model = METHODS.get(self.method).meta.get("params")
+        if model is not None:
+            self.params = model.model_validate(self.params).model_dump()
+        elif self.params:
+            raise ValueError(f"method {self.method!r} takes no params")
+        return self
+
+
+class TrainingSpec(BaseModel):
+    model_config = _FORBID
+
+    epochs: int = Field(10, ge=1, le=1000)
+    batch_size: int = Field(128, ge=1, le=65536)
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0, le=10)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5.0e-4, ge=0, le=1)
+    lr_schedule: Literal["cosine", "step", "constant"] = Field(
+        "cosine", description="cosine to 0 over all steps; step: x0.1 at 50% and 75% of the epochs")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+
+class ResourcesSpec(BaseModel):
+    model_config = _FORBID
+
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="cuda routes the job to the gpu queue; auto runs on a GPU when the worker has one")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA GPUs that support it, fp32 elsewhere")
+
+
+Teachers = Annotated[TeacherSpec | list[TeacherSpec], Field(description="absent for method none")]
+
+
+class JobSpec(BaseModel):
+    """A distillation job. See docs/spec.md for every field."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "name": "digits-teacher",
+        "student": {"architecture": "mlp", "kwargs": {"hidden": [256, 256]}},
+        "dataset": {"name": "digits"},
+        "distillation": {"method": "none"},
+        "training": {"epochs": 8, "batch_size": 64, "lr": 0.05, "seed": 0},
+        "resources": {"device": "cpu"},
+    }]})
+
+    name: str | None = Field(None, max_length=200)
+    teacher: Teachers | None = None
+    student: StudentSpec
+    dataset: DatasetSpec
+    distillation: DistillationSpec = Field(default_factory=DistillationSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    baseline: bool = Field(False, description="also train the student without the teacher under the same "
+                           "recipe and report the KD gain")
+
+    @property
+    def teachers(self) -> list[TeacherSpec]:
+        if self.teacher is None:
+            return []
+        return self.teacher if isinstance(self.teacher, list) else [self.teacher]
+
+    @model_validator(mode="after")
+    def _teacher_matches_method(self) -> JobSpec:
+        meta = METHODS.get(self.distillation.method).meta
+        if meta.get("needs_teacher", True) and not self.teachers:
+            raise ValueError(f"method {self.distillation.method!r} needs a `teacher`")
+        if not meta.get("needs_teacher", True) and self.teachers:
+            raise ValueError(f"method {self.distillation.method!r} trains on labels alone; remove `teacher`")
+        if self.baseline and not self.teachers:
+            raise ValueError("`baseline: true` compares against a run without the teacher; a job without a "
+                             "teacher is already that run")
+        if len(self.teachers) > 1 and not meta.get("multi_teacher", False):
+            raise ValueError(f"method {self.distillation.method!r} takes one teacher, not a list")
+        return self
+
+
+def semantic_errors(spec: JobSpec, num_classes: int, in_channels: int) -> list[tuple[tuple[str | int, ...], str]]:
+    """Checks that need the dataset's facts: each model's kwargs against its class count and channels."""
+    from kdcore.models import validate_model_kwargs
+
+    errors: list[tuple[tuple[str | int, ...], str]] = []
+    try:
+        validate_model_kwargs(spec.student.architecture, spec.student.kwargs,
+                              num_classes=num_classes, in_channels=in_channels)
+    except ValueError as e:
+        errors.append((("student", "kwargs"), str(e)))
+    for i, t in enumerate(spec.teachers):
+        if t.architecture is None:
+            continue
+        loc: tuple[str | int, ...] = ("teacher", i, "kwargs") if isinstance(spec.teacher, list) \
+            else ("teacher", "kwargs")
+        try:
+            validate_model_kwargs(t.architecture, t.kwargs, num_classes=num_classes, in_channels=in_channels)
+        except ValueError as e:
+            errors.append((loc, str(e)))
+    return errors

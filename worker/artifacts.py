@@ -1,0 +1,44 @@
+"""The artifact store: files on a directory shared by the API and every worker.
+
+Uploads live under uploads/<id><ext> and job outputs under jobs/<job id>/<name>; paths are always
+built from ids we generated and a fixed list of output names, never from what a client sent.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+# What a finished job offers for download, with the media type each is served as.
+JOB_OUTPUTS = {
+    "student.safetensors": "application/octet-stream",
+    "report.json": "application/json",
+    "curves.png": "image/png",
+}
+
+
+class ArtifactStore:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def upload_path(self, art_id: str, ext: str) -> Path:
+        d = self.root / "uploads"
+        d.mkdir(parents=True, exist_ok=True)
+        return d / f"{art_id}{ext}"
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.root / "jobs" / job_id
+
+    def job_output(self, job_id: str, name: str) -> Path | None:
+        """The path of a finished job's output, or None for a name not offered or not written."""
+        if name not in JOB_OUTPUTS:
+            return None
+        p = self.job_dir(job_id) / name
+        return p if p.is_file() else None
+
+    def drop_job_scratch(self, job_id: str) -> None:
+        """Removes what only a resume needs (the epoch checkpoint) once the job has ended."""
+        for name in ("checkpoint.pt", "checkpoint.tmp"):
+            (self.job_dir(job_id) / name).unlink(missing_ok=True)
+
+    def remove_job(self, job_id: str) -> None:
+        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)

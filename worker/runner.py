@@ -1,0 +1,182 @@
+"""What a worker does with one job id: lease, load, train through kdcore, store the outcome.
+
+A job runs only under its lease (SET NX with expiry). While it runs, a watcher thread renews the
+lease and reads the cancel flag twice a second; `should_stop()` reads the watcher's answer, so the
+training loop pays nothing per step for it. A second delivery of the same job while the lease lives
+returns at once; one after the lease lapsed (its worker died) resumes from the last epoch checkpoint.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from api.settings import Settings, get_settings
+from kdcore.checkpoints import CheckpointError, load_teacher
+from kdcore.datasets import DatasetError, DatasetInfo, load_dataset
+from kdcore.registry import UnknownNameError
+from kdcore.spec import JobSpec, TeacherSpec
+from kdcore.train import Cancelled, JobError, Teacher, resolve_device, run
+from worker.artifacts import ArtifactStore
+from worker.store import TERMINAL, JobStore, now_iso
+
+log = logging.getLogger("distillery.worker")
+
+
+class _Watcher(threading.Thread):
+    """Renews the lease and polls the cancel flag, off the training thread."""
+
+    def __init__(self, store: JobStore, job_id: str, token: str, ttl_s: int):
+        super().__init__(daemon=True, name=f"watch-{job_id}")
+        self.store, self.job_id, self.token, self.ttl_s = store, job_id, token, ttl_s
+        self.cancel = threading.Event()
+        self.lost = threading.Event()
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        last_renew = time.monotonic()
+        while not self.done.wait(0.5):
+            try:
+                if self.store.cancel_requested(self.job_id):
+                    self.cancel.set()
+                if time.monotonic() - last_renew > self.ttl_s / 3:
+                    if not self.store.renew_lease(self.job_id, self.token, self.ttl_s):
+                        self.lost.set()  # another worker owns the job now: stop, do not write results
+                    last_renew = time.monotonic()
+            except Exception as e:  # Redis away for a moment: keep training, try again next tick
+                log.warning("watcher for %s: %s", self.job_id, e)
+
+    def should_stop(self) -> bool:
+        return self.cancel.is_set() or self.lost.is_set()
+
+
+def _teacher(store: JobStore, arts: ArtifactStore, t: TeacherSpec, tenant: str, info: DatasetInfo,
+             device: torch.device, label: str) -> Teacher:
+    if t.job is not None:
+        rec = store.get_job(t.job, tenant)
+        path = arts.job_output(t.job, "student.safetensors") if rec else None
+        if rec is None or rec["status"] != "succeeded" or path is None:
+            raise JobError("teacher_unavailable", f"teacher job {t.job} has no student (status "
+                           f"{rec['status'] if rec else 'unknown'})")
+        module = load_teacher(path, "safetensors", architecture=None, kwargs={}, num_classes=info.num_classes,
+                              in_channels=info.in_channels, input_size=info.image_size, device=device)
+        size = path.stat().st_size
+        params = (rec.get("report") or {}).get("student", {}).get("params")
+    else:
+        art = store.get_artifact(t.checkpoint or "", tenant)
+        if art is None:
+            raise JobError("teacher_unavailable", f"teacher artifact {t.checkpoint} not found")
+        path = Path(art["path"])
+        module = load_teacher(path, art["format"], architecture=t.architecture, kwargs=t.kwargs,
+                              num_classes=info.num_classes, in_channels=info.in_channels,
+                              input_size=info.image_size, device=device)
+        size = int(art["size"])
+        params = (art.get("meta") or {}).get("params")
+    if params is None:
+        params = sum(p.numel() for p in module.parameters()) or None
+    return Teacher(module=module, params=params, size_bytes=size, label=label)
+
+
+def _dataset_artifact(store: JobStore, spec: JobSpec, tenant: str) -> Path | None:
+    if not spec.dataset.artifact:
+        return None
+    art = store.get_artifact(spec.dataset.artifact, tenant)
+    if art is None:
+        raise JobError("dataset_unavailable", f"dataset artifact {spec.dataset.artifact} not found")
+    return Path(art["path"])
+
+
+def execute(job_id: str, settings: Settings | None = None, store: JobStore | None = None) -> str:
+    """Runs one job to an end state; returns what happened (for the Celery log)."""
+    settings = settings or get_settings()
+    store = store or JobStore.from_url(settings.redis)
+    arts = ArtifactStore(settings.artifacts)
+    rec = store.get_job(job_id)
+    if rec is None:
+        log.warning("job %s: no record; dropping the message", job_id)
+        return "unknown"
+    if rec["status"] in TERMINAL:
+        return f"already {rec['status']}"
+    token = store.acquire_lease(job_id, settings.lease_ttl_s)
+    if token is None:
+        log.info("job %s: lease held by another delivery; not running it twice", job_id)
+        return "leased elsewhere"
+    watcher = _Watcher(store, job_id, token, settings.lease_ttl_s)
+    try:
+        if rec["cancel"]:
+            store.transition(job_id, "cancelled", ["queued", "running", "cancelling"], finished_at=now_iso())
+            return "cancelled"
+        attempt = store.incr_attempts(job_id)
+        if attempt > settings.max_attempts:
+            store.transition(job_id, "failed", ["queued", "running", "cancelling"], finished_at=now_iso(),
+                             error={"code": "worker_lost", "message": f"the job's worker died {attempt - 1} "
+                                    f"times; giving up after {settings.max_attempts} attempts"})
+            return "failed"
+        fields: dict[str, Any] = {} if rec.get("started_at") else {"started_at": now_iso()}
+        if not store.transition(job_id, "running", ["queued", "running"], **fields):
+            return "not runnable"
+        if attempt > 1:
+            store.add_event(job_id, "log", {"message": f"attempt {attempt}: resuming after a lost worker"})
+        watcher.start()
+        outcome = _run(job_id, rec, store, arts, settings, watcher)
+        return outcome
+    finally:
+        watcher.done.set()
+        store.release_lease(job_id, token)
+
+
+def _run(job_id: str, rec: dict[str, Any], store: JobStore, arts: ArtifactStore, settings: Settings,
+         watcher: _Watcher) -> str:
+    tenant = rec["tenant"]
+
+    def on_event(kind: str, data: dict[str, Any]) -> None:
+        store.add_event(job_id, kind, data)
+        if kind == "progress":
+            store.set_fields(job_id, progress={k: data.get(k) for k in
+                                               ("phase", "epoch", "epochs", "step", "steps", "fraction", "eta_s")})
+        elif kind == "epoch":
+            store.set_fields(job_id, metrics={k: v for k, v in data.items() if k != "epochs"})
+
+    try:
+        spec = JobSpec.model_validate(rec["spec"])
+        device = resolve_device(spec.resources.device)
+        data = load_dataset(spec.dataset.name, settings.datasets, _dataset_artifact(store, spec, tenant),
+                            download=settings.allow_download)
+        teachers = [_teacher(store, arts, t, tenant, data.info, device, f"teacher {i}" if i else "teacher")
+                    for i, t in enumerate(spec.teachers)]
+        report = run(spec, data, teachers, arts.job_dir(job_id), on_event, watcher.should_stop)
+    except Cancelled:
+        if watcher.lost.is_set():
+            log.warning("job %s: lease lost to another worker; leaving the job to it", job_id)
+            return "lease lost"
+        store.transition(job_id, "cancelled", ["running", "cancelling"], finished_at=now_iso())
+        arts.drop_job_scratch(job_id)
+        return "cancelled"
+    except (JobError, CheckpointError, DatasetError, UnknownNameError) as e:
+        code = getattr(e, "code", None) or {CheckpointError: "bad_checkpoint", DatasetError: "bad_dataset"}.get(
+            type(e), "invalid")
+        _fail(store, arts, job_id, code, getattr(e, "message", None) or str(e))
+        return "failed"
+    except torch.cuda.OutOfMemoryError as e:
+        _fail(store, arts, job_id, "cuda_oom", f"CUDA out of memory; lower training.batch_size ({e})")
+        return "failed"
+    except Exception as e:
+        log.exception("job %s crashed", job_id)
+        _fail(store, arts, job_id, "internal", f"{type(e).__name__}: {e}")
+        return "failed"
+    store.set_fields(job_id, progress={**(store.get_job(job_id) or {}).get("progress", {}), "fraction": 1.0,
+                                       "eta_s": 0})
+    store.transition(job_id, "succeeded", ["running", "cancelling"], finished_at=now_iso(), report=report)
+    arts.drop_job_scratch(job_id)
+    return "succeeded"
+
+
+def _fail(store: JobStore, arts: ArtifactStore, job_id: str, code: str, message: str) -> None:
+    store.add_event(job_id, "log", {"level": "error", "message": message})
+    store.transition(job_id, "failed", ["running", "cancelling", "queued"], finished_at=now_iso(),
+                     error={"code": code, "message": message})
+    arts.drop_job_scratch(job_id)

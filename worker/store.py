@@ -1,0 +1,222 @@
+"""The Redis job store: job records, progress events, leases, cancel flags, artifacts' metadata.
+
+The job record (a Redis hash) is the truth about a job, not Celery's result backend. Each field is
+written on its own (HSET), so the worker writing progress and the API asking for a cancel never
+overwrite each other; status changes go through one Lua script that checks the current status, so
+a finished job never goes back to running and a cancelled one never turns into succeeded.
+
+Keys (prefix `kd:`):
+  job:{id}            hash: id, tenant, status, created_at, started_at, finished_at, spec, progress,
+                      metrics, error, report, queue, attempts, cancel, name
+  job:{id}:events     stream of events {type, data (JSON), ts}
+  jobs:{tenant}       sorted set of job ids by creation time (listing, newest first)
+  lease:{id}          the worker token holding the job (SET NX with expiry, renewed while it runs)
+  idem:{tenant}:{key} job id submitted under an Idempotency-Key
+  artifact:{id}       hash: id, tenant, filename, sha256, size, format, meta, path, created_at
+  worker:{name}       heartbeat of a live worker (JSON with its queues), expiring
+"""
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+P = "kd:"
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+STATES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
+EVENTS_MAXLEN = 20000
+JSON_FIELDS = ("spec", "progress", "metrics", "error", "report")
+
+# KEYS[1] job hash; ARGV: new status, allowed current statuses (comma-separated), then field/value pairs.
+# Returns 1 when the status changed, 0 when the current status was not allowed (nothing written).
+_TRANSITION = """
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return -1 end
+local ok = false
+for s in string.gmatch(ARGV[2], '[^,]+') do if s == cur then ok = true end end
+if not ok then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[1])
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+# Release a lease only if we still hold it (a lapsed lease may belong to another worker now).
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(10)}"
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis):
+        self.r = client
+        self._transition = client.register_script(_TRANSITION)
+        self._release = client.register_script(_RELEASE)
+        self._renew = client.register_script(_RENEW)
+
+    @classmethod
+    def from_url(cls, url: str) -> JobStore:
+        return cls(redis.Redis.from_url(url, decode_responses=True, health_check_interval=30,
+                                        socket_keepalive=True, retry_on_timeout=True))
+
+    # ---- job records -------------------------------------------------------------------------
+    def create_job(self, tenant: str, spec: dict[str, Any], queue: str, name: str | None = None,
+                   idempotency_key: str | None = None) -> tuple[dict[str, Any], bool]:
+        """Writes a queued record; returns (record, created). With an Idempotency-Key already used by
+        this tenant, returns the earlier job and created=False."""
+        job_id = new_id("job")
+        if idempotency_key:
+            key = f"{P}idem:{tenant}:{idempotency_key}"
+            if not self.r.set(key, job_id, nx=True, ex=24 * 3600):
+                earlier = self.r.get(key)
+                rec = self.get_job(earlier) if earlier else None
+                if rec is not None:
+                    return rec, False
+                self.r.set(key, job_id, ex=24 * 3600)
+        created = time.time()
+        fields = {"id": job_id, "tenant": tenant, "status": "queued", "created_at": now_iso(),
+                  "queue": queue, "attempts": 0, "cancel": 0, "name": name or "",
+                  "spec": json.dumps(spec), "progress": json.dumps({}), "metrics": json.dumps({})}
+        with self.r.pipeline() as pipe:
+            pipe.hset(f"{P}job:{job_id}", mapping=fields)
+            pipe.zadd(f"{P}jobs:{tenant}", {job_id: created})
+            pipe.xadd(self._events_key(job_id), {"type": "status", "data": json.dumps({"status": "queued"}),
+                                                 "ts": fields["created_at"]}, maxlen=EVENTS_MAXLEN)
+            pipe.execute()
+        return self.get_job(job_id), True  # type: ignore[return-value]
+
+    def get_job(self, job_id: str, tenant: str | None = None) -> dict[str, Any] | None:
+        raw = self.r.hgetall(f"{P}job:{job_id}")
+        if not raw or (tenant is not None and raw.get("tenant") != tenant):
+            return None
+        rec: dict[str, Any] = dict(raw)
+        for f in JSON_FIELDS:
+            rec[f] = json.loads(raw[f]) if raw.get(f) else None
+        rec["attempts"] = int(raw.get("attempts", 0))
+        rec["cancel"] = raw.get("cancel") == "1"
+        return rec
+
+    def list_jobs(self, tenant: str, status: str | None, limit: int, cursor: float | None
+                  ) -> tuple[list[dict[str, Any]], str | None]:
+        """Newest first. The cursor is the creation score of the last job of the previous page."""
+        key = f"{P}jobs:{tenant}"
+        out: list[dict[str, Any]] = []
+        hi: str = f"({cursor}" if cursor is not None else "+inf"
+        while len(out) < limit:
+            ids = self.r.zrevrangebyscore(key, hi, "-inf", start=0, num=max(limit * 2, 50), withscores=True)
+            if not ids:
+                return out, None
+            for job_id, score in ids:
+                hi = f"({score!r}"
+                rec = self.get_job(job_id)
+                if rec is None or (status and rec["status"] != status):
+                    continue
+                out.append(rec)
+                if len(out) == limit:
+                    more = self.r.zcount(key, "-inf", hi) > 0
+                    return out, (repr(score) if more else None)
+        return out, None
+
+    def set_fields(self, job_id: str, **fields: Any) -> None:
+        self.r.hset(f"{P}job:{job_id}", mapping={k: json.dumps(v) if k in JSON_FIELDS else v
+                                                  for k, v in fields.items()})
+
+    def transition(self, job_id: str, to: str, allowed: Iterable[str], **fields: Any) -> bool:
+        """Atomically move to `to` if the current status is in `allowed`; emits a status event."""
+        argv: list[Any] = [to, ",".join(allowed)]
+        for k, v in fields.items():
+            argv += [k, json.dumps(v) if k in JSON_FIELDS else v]
+        changed = self._transition(keys=[f"{P}job:{job_id}"], args=argv) == 1
+        if changed:
+            self.add_event(job_id, "status", {"status": to, **({"error": fields["error"]} if "error" in fields else {})})
+        return changed
+
+    def request_cancel(self, job_id: str) -> str:
+        """Sets the cancel flag; a queued job is cancelled at once, a running one moves to cancelling."""
+        self.r.hset(f"{P}job:{job_id}", "cancel", 1)
+        if self.transition(job_id, "cancelled", ["queued"], finished_at=now_iso()):
+            return "cancelled"
+        self.transition(job_id, "cancelling", ["running"])
+        return self.r.hget(f"{P}job:{job_id}", "status") or "unknown"
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return self.r.hget(f"{P}job:{job_id}", "cancel") == "1"
+
+    def incr_attempts(self, job_id: str) -> int:
+        return int(self.r.hincrby(f"{P}job:{job_id}", "attempts", 1))
+
+    # ---- events -----------------------------------------------------------------------------
+    def _events_key(self, job_id: str) -> str:
+        return f"{P}job:{job_id}:events"
+
+    def add_event(self, job_id: str, kind: str, data: dict[str, Any]) -> str:
+        return self.r.xadd(self._events_key(job_id), {"type": kind, "data": json.dumps(data), "ts": now_iso()},
+                           maxlen=EVENTS_MAXLEN, approximate=True)
+
+    def events(self, job_id: str, after: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        lo = f"({after}" if after else "-"
+        return [_event(eid, f) for eid, f in self.r.xrange(self._events_key(job_id), lo, "+", count=limit)]
+
+    def wait_events(self, job_id: str, after: str, block_ms: int) -> list[dict[str, Any]]:
+        res = self.r.xread({self._events_key(job_id): after or "0-0"}, count=500, block=block_ms)
+        return [_event(eid, f) for _, rows in res for eid, f in rows]
+
+    # ---- leases -----------------------------------------------------------------------------
+    def acquire_lease(self, job_id: str, ttl_s: int) -> str | None:
+        token = secrets.token_hex(8)
+        return token if self.r.set(f"{P}lease:{job_id}", token, nx=True, px=int(ttl_s * 1000)) else None
+
+    def renew_lease(self, job_id: str, token: str, ttl_s: int) -> bool:
+        return self._renew(keys=[f"{P}lease:{job_id}"], args=[token, int(ttl_s * 1000)]) == 1
+
+    def release_lease(self, job_id: str, token: str) -> None:
+        self._release(keys=[f"{P}lease:{job_id}"], args=[token])
+
+    def lease_holder(self, job_id: str) -> str | None:
+        return self.r.get(f"{P}lease:{job_id}")
+
+    # ---- artifacts --------------------------------------------------------------------------
+    def put_artifact(self, meta: dict[str, Any]) -> None:
+        self.r.hset(f"{P}artifact:{meta['id']}", mapping={k: json.dumps(v) for k, v in meta.items()})
+
+    def get_artifact(self, art_id: str, tenant: str | None = None) -> dict[str, Any] | None:
+        raw = self.r.hgetall(f"{P}artifact:{art_id}")
+        if not raw:
+            return None
+        meta = {k: json.loads(v) for k, v in raw.items()}
+        if tenant is not None and meta.get("tenant") != tenant:
+            return None
+        return meta
+
+    # ---- workers ----------------------------------------------------------------------------
+    def heartbeat(self, name: str, queues: list[str], ttl_s: float) -> None:
+        self.r.set(f"{P}worker:{name}", json.dumps({"queues": queues, "ts": now_iso()}), px=int(ttl_s * 1000))
+
+    def live_workers(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for key in self.r.scan_iter(f"{P}worker:*", count=100):
+            val = self.r.get(key)
+            if val:
+                out[key.removeprefix(f"{P}worker:")] = json.loads(val)
+        return out
+
+
+def _event(eid: str, fields: dict[str, str]) -> dict[str, Any]:
+    return {"id": eid, "type": fields.get("type"), "ts": fields.get("ts"), "data": json.loads(fields.get("data", "{}"))}
