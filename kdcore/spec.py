@@ -193,22 +193,22 @@ class JobSpec(BaseModel):
 
 
 def semantic_errors(spec: JobSpec, num_classes: int, in_channels: int) -> list[tuple[tuple[str | int, ...], str]]:
-    """Checks that need the dataset's facts: each model's kwargs against its class count and channels."""
-    from kdcore.models import validate_model_kwargs
+    """Checks that need the dataset's facts: each model's kwargs against its class count and channels.
+    Returns (loc, msg) pairs, loc relative to the JobSpec (e.g. ("student", "kwargs", "hidden", 0))."""
+    from kdcore.models import InvalidModelKwargsError, validate_model_kwargs
 
-    errors: list[tuple[tuple[str | int, ...], str]] = []
-    try:
-        validate_model_kwargs(spec.student.architecture, spec.student.kwargs,
-                              num_classes=num_classes, in_channels=in_channels)
-    except ValueError as e:
-        errors.append((("student", "kwargs"), str(e)))
+    models: list[tuple[tuple[str | int, ...], str, dict[str, Any]]] = [
+        (("student", "kwargs"), spec.student.architecture, spec.student.kwargs)]
     for i, t in enumerate(spec.teachers):
-        if t.architecture is None:
-            continue
-        loc: tuple[str | int, ...] = ("teacher", i, "kwargs") if isinstance(spec.teacher, list) \
-            else ("teacher", "kwargs")
+        if t.architecture is not None:
+            base: tuple[str | int, ...] = ("teacher", i) if isinstance(spec.teacher, list) else ("teacher",)
+            models.append(((*base, "kwargs"), t.architecture, t.kwargs))
+    errors: list[tuple[tuple[str | int, ...], str]] = []
+    for loc, arch, kwargs in models:
         try:
-            validate_model_kwargs(t.architecture, t.kwargs, num_classes=num_classes, in_channels=in_channels)
+            validate_model_kwargs(arch, kwargs, num_classes=num_classes, in_channels=in_channels)
+        except InvalidModelKwargsError as e:
+            errors += [((*loc, *err["loc"]), err["msg"]) for err in e.errors]
         except ValueError as e:
             errors.append((loc, str(e)))
     return errors

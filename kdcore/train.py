@@ -24,7 +24,7 @@ from kdcore.checkpoints import save_student
 from kdcore.datasets import TensorData, augment_batch
 from kdcore.evaluate import evaluate
 from kdcore.methods import METHODS, Distiller
-from kdcore.models import count_params, create_model
+from kdcore.models import count_params, create_model, validate_model_kwargs
 from kdcore.report import plot_curves
 from kdcore.spec import JobSpec
 
@@ -145,8 +145,11 @@ def _train_phase(phase: str, method: str, spec: JobSpec, data: TensorData, teach
                  progress: _Progress, on_event: EventFn, should_stop: Callable[[], bool]) -> nn.Module:
     tr, info = spec.training, data.info
     torch.manual_seed(tr.seed)
+    # validate_model_kwargs drops kwargs that merely repeat the dataset's class count or channels
+    kwargs = validate_model_kwargs(spec.student.architecture, spec.student.kwargs, num_classes=info.num_classes,
+                                   in_channels=info.in_channels)
     student = create_model(spec.student.architecture, num_classes=info.num_classes, in_channels=info.in_channels,
-                           input_size=info.image_size, **spec.student.kwargs).to(device)
+                           input_size=info.image_size, **kwargs).to(device)
     if device.type == "cuda" and data.x_train.ndim == 4:
         student = student.to(memory_format=torch.channels_last)
     d = spec.distillation

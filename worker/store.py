@@ -73,8 +73,9 @@ class JobStore:
 
     @classmethod
     def from_url(cls, url: str) -> JobStore:
-        return cls(redis.Redis.from_url(url, decode_responses=True, health_check_interval=30,
-                                        socket_keepalive=True, retry_on_timeout=True))
+        # socket_timeout must exceed the longest blocking XREAD (server-sent events block for 5 s)
+        return cls(redis.Redis.from_url(url, decode_responses=True, health_check_interval=30, socket_timeout=30,
+                                        socket_connect_timeout=5, socket_keepalive=True, retry_on_timeout=True))
 
     # ---- job records -------------------------------------------------------------------------
     def create_job(self, tenant: str, spec: dict[str, Any], queue: str, name: str | None = None,

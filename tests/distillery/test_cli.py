@@ -301,6 +301,24 @@ def test_supervisor_restarts_crashed_children_and_kills_stubborn_groups(
     assert stubborn.proc.returncode == -signal.SIGKILL
 
 
+def test_second_stop_request_kills_without_waiting_for_the_grace_period() -> None:
+    stubborn = supervisor.Child("stubborn", [sys.executable, "-c", STUBBORN], dict(os.environ), layer=1)
+    stop = supervisor.StopRequest()
+    thread = threading.Thread(target=supervisor.Supervisor([stubborn], stop).run)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while stubborn.proc is None or len(supervisor.group_members(stubborn.proc.pid)) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    started = time.monotonic()
+    stop.request()
+    time.sleep(0.5)
+    stop.request()  # Ctrl-C again
+    thread.join(timeout=30)
+    assert time.monotonic() - started < supervisor.APP_STOP_GRACE_S / 2
+    assert supervisor.group_members(stubborn.proc.pid) == []
+
+
 def test_supervisor_reports_a_child_that_cannot_start(tmp_path: Path) -> None:
     missing = supervisor.Child("ghost", [str(tmp_path / "no-such-program")], dict(os.environ), layer=0)
     other = supervisor.Child("other", [sys.executable, "-c", "import time; time.sleep(60)"], {}, layer=1)
@@ -415,7 +433,11 @@ def distillery_up(tmp_path: Path, env: dict[str, str], ready_timeout: float) -> 
             proc.wait(timeout=30)
 
 
-def ctrl_c_and_check_nothing_is_left(proc: subprocess.Popen, tmp_path: Path, log_path: Path) -> None:
+def ctrl_c_and_check_nothing_is_left(
+    proc: subprocess.Popen, tmp_path: Path, log_path: Path, spare: tuple[int, ...] = ()
+) -> None:
+    """Ctrl-C, then: the supervisor exits within 20 s and nothing it started (nor anything else
+    working in tmp_path, except the `spare` pids) is left."""
     tree = descendants(proc.pid)
     assert tree, "no children?"
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
@@ -423,7 +445,7 @@ def ctrl_c_and_check_nothing_is_left(proc: subprocess.Popen, tmp_path: Path, log
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         pytest.fail("distillery up still running 20 s after Ctrl-C:\n" + log_path.read_text()[-3000:])
-    left = alive(tree) + [pid for pid in running_from(tmp_path) if pid != os.getpid()]
+    left = alive(tree) + [pid for pid in running_from(tmp_path) if pid not in (os.getpid(), *spare)]
     for pid in left:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -438,11 +460,8 @@ def clean_env() -> dict[str, str]:
     return env
 
 
-@pytest.mark.timeout(180)
-def test_up_with_stand_in_api_and_worker(tmp_path: Path) -> None:
-    """The whole supervisor with a real Redis and a real Celery worker (prefork, so its pool
-    process must be stopped too), but stand-in API and Celery app modules: it checks process
-    management, not the service."""
+def stand_in_env(tmp_path: Path) -> dict[str, str]:
+    """Environment in which `api.main` and `worker.celery_app` are small stand-ins."""
     stubs = tmp_path / "stubs"
     (stubs / "api").mkdir(parents=True)
     (stubs / "worker").mkdir()
@@ -451,8 +470,18 @@ def test_up_with_stand_in_api_and_worker(tmp_path: Path) -> None:
     (stubs / "worker" / "__init__.py").write_text("")
     (stubs / "worker" / "celery_app.py").write_text(STUB_CELERY)
     env = clean_env()
-    # PYTHONPATH comes before the editable install of the real api/ and worker/ packages.
+    # PYTHONPATH comes before the editable install of the real api/ and worker/ packages (the
+    # children run in tmp_path, so the checkout is not on their path).
     env["PYTHONPATH"] = str(stubs)
+    return env
+
+
+@pytest.mark.timeout(180)
+def test_up_with_stand_in_api_and_worker(tmp_path: Path) -> None:
+    """The whole supervisor with a real Redis and a real Celery worker (prefork, so its pool
+    process must be stopped too), but stand-in API and Celery app modules: it checks process
+    management, not the service."""
+    env = stand_in_env(tmp_path)
     with distillery_up(tmp_path, env, ready_timeout=90) as (proc, base, log_path):
         banner = f"Distillery is up: {base}  (Swagger UI: {base}/docs)"
         deadline = time.monotonic() + 10  # the supervisor probes /healthz every half second
@@ -476,12 +505,27 @@ def test_up_with_stand_in_api_and_worker(tmp_path: Path) -> None:
             time.sleep(0.5)
         os.killpg(first, signal.SIGKILL)
         deadline = time.monotonic() + 30
-        while (second := worker_pid()) in (None, first):
+        while worker_pid() in (None, first):
             assert time.monotonic() < deadline, "worker not restarted:\n" + log_path.read_text()[-3000:]
             time.sleep(0.3)
         assert "worker exited with signal SIGKILL" in log_path.read_text()
         assert "restarting in 1 s" in log_path.read_text()
         ctrl_c_and_check_nothing_is_left(proc, tmp_path, log_path)
+
+
+@pytest.mark.timeout(180)
+def test_up_uses_kd_redis_url_and_leaves_that_redis_alone(tmp_path: Path) -> None:
+    external = redis_server.start_redis(tmp_path / "external-redis")
+    try:
+        env = stand_in_env(tmp_path)
+        env["KD_REDIS_URL"] = external.url
+        with distillery_up(tmp_path, env, ready_timeout=90) as (proc, _, log_path):
+            assert f"using Redis at {external.url}" in log_path.read_text()
+            assert not (tmp_path / "data" / "redis").exists()  # no Redis of its own
+            ctrl_c_and_check_nothing_is_left(proc, tmp_path, log_path, spare=(external.proc.pid,))
+        assert external.proc.poll() is None  # someone else's Redis is not stopped
+    finally:
+        external.stop()
 
 
 def _real_stack_missing() -> str | None:

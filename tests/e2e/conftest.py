@@ -97,3 +97,4 @@ def service(tmp_path_factory: pytest.TempPathFactory, dataset_root: Path) -> Ite
         alog.close()
         if os.environ.get("KD_TEST_SHOW_LOGS"):
             print((tmp / "worker.log").read_text()[-5000:])
+            print((tmp / "api.log").read_text()[-5000:])
