@@ -1,8 +1,8 @@
 """The FastAPI app factory. `uvicorn --factory api.main:create_app`, or `distillery api`."""
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 

@@ -44,7 +44,8 @@ def _wait(http: httpx.Client, job_id: str, label: str) -> dict[str, Any]:
         if p.get("fraction") is not None and p["fraction"] - last >= 0.05:
             last = p["fraction"]
             print(f"  {label}: {job['status']} {p.get('phase')} epoch {p.get('epoch')}/{p.get('epochs')} "
-                  f"{100 * p['fraction']:.0f}% eta {p.get('eta_s')} s, latest {job.get('metrics', {}).get('test_top1')}",
+                  f"{100 * p['fraction']:.0f}% eta {p.get('eta_s')} s, "
+                  f"latest test top1 {job.get('metrics', {}).get('test_top1')}",
                   flush=True)
         if job["status"] in ("succeeded", "failed", "cancelled"):
             return job
@@ -107,7 +108,8 @@ def main() -> None:
                 + " ".join(sys.argv[1:]), "seed": args.seed, "epochs": args.epochs,
                 "teacher": {"arch": "mlp 1200-1200 (dropout 0.2)", "top1": rep["teacher"]["top1"],
                             "params": rep["teacher"]["params"], "wall_seconds": teacher["report"]["wall_seconds"]},
-                "student_kd": {"arch": "mlp 800-800", "top1": rep["student"]["top1"], "params": rep["student"]["params"]},
+                "student_kd": {"arch": "mlp 800-800", "top1": rep["student"]["top1"],
+                               "params": rep["student"]["params"]},
                 "student_baseline": {"top1": rep["baseline"]["top1"]},
                 "kd_gain_points": round(100 * rep["kd_gain"], 2), "agreement": rep["agreement"],
                 "compression": rep["compression"], "student_job_wall_seconds": rep["wall_seconds"],

@@ -613,6 +613,8 @@ def _load_export_program(path: Path, filename: str) -> torch.export.ExportedProg
 def _onnx_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
     """Every TensorProto in the model: initializers, attribute tensors, subgraphs, functions."""
     graphs = [model.graph]
+    for info in model.training_info:
+        graphs += [info.initialization, info.algorithm]
     node_lists = [list(f.node) for f in model.functions]
     while graphs or node_lists:
         if graphs:
@@ -628,6 +630,9 @@ def _onnx_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
                 if attr.HasField("t"):
                     yield attr.t
                 yield from attr.tensors
+                for sp in [attr.sparse_tensor, *attr.sparse_tensors]:
+                    yield sp.values
+                    yield sp.indices
                 if attr.HasField("g"):
                     graphs.append(attr.g)
                 graphs.extend(attr.graphs)
@@ -776,11 +781,13 @@ def _load_weights(model: nn.Module, sd: dict[str, torch.Tensor], filename: str, 
 
 def _create(arch: str, kwargs: Mapping[str, Any], num_classes: int, in_channels: int,
             input_size: tuple[int, int]) -> nn.Module:
-    from kdcore.models import create_model  # here, not at the top: keeps imports one-way and light
+    from kdcore.models import create_model, validate_model_kwargs  # here: keeps imports one-way and light
 
     try:
+        # validation drops kwargs that merely repeat the dataset's class count or channels
+        clean = validate_model_kwargs(arch, dict(kwargs), num_classes=num_classes, in_channels=in_channels)
         return create_model(arch, num_classes=num_classes, in_channels=in_channels,
-                            input_size=(int(input_size[0]), int(input_size[1])), **dict(kwargs))
+                            input_size=(int(input_size[0]), int(input_size[1])), **clean)
     except (KeyError, ValueError, TypeError) as e:  # unknown name, invalid kwargs
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         raise CheckpointError(f"cannot build architecture {arch!r}: {msg}") from e

@@ -67,7 +67,8 @@ class Distiller(nn.Module):
         outs = [t(x) for t in self.teachers]
         return outs[0] if len(outs) == 1 else torch.stack(outs).mean(0)
 
-    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,7 +78,8 @@ class Distiller(nn.Module):
 @register_method("none", description="Plain supervised training on the labels (no teacher): makes a teacher "
                  "or a baseline with the service itself.", needs_teacher=False)
 class Supervised(Distiller):
-    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = self.student(x)
         return logits, {"ce": F.cross_entropy(logits.float(), y)}
 
@@ -86,7 +88,8 @@ class Supervised(Distiller):
                  "(1 - alpha) * CE(z_s, y).", paper="Hinton, Vinyals, Dean 2015, Distilling the Knowledge "
                  "in a Neural Network, arXiv:1503.02531")
 class KD(Distiller):
-    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         z_t = self.teacher_logits(x)
         z_s = self.student(x)
         return z_s, kd_loss(z_s, z_t, y, self.temperature, self.alpha)

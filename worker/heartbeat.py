@@ -12,7 +12,7 @@ from typing import Any
 from celery.signals import worker_ready, worker_shutdown
 
 from api.settings import get_settings
-from worker.store import P, JobStore
+from worker.store import JobStore, P
 
 log = logging.getLogger("distillery.worker")
 _stop = threading.Event()

@@ -146,7 +146,8 @@ class JobStore:
             argv += [k, json.dumps(v) if k in JSON_FIELDS else v]
         changed = self._transition(keys=[f"{P}job:{job_id}"], args=argv) == 1
         if changed:
-            self.add_event(job_id, "status", {"status": to, **({"error": fields["error"]} if "error" in fields else {})})
+            extra = {"error": fields["error"]} if "error" in fields else {}
+            self.add_event(job_id, "status", {"status": to, **extra})
         return changed
 
     def request_cancel(self, job_id: str) -> str:

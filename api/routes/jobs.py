@@ -41,7 +41,8 @@ def _queue(spec: JobSpec, store: JobStore) -> str:
                          "the store, class counts against the dataset), writes a queued job and enqueues its id. "
                          "With the same `Idempotency-Key` a second submit returns the first job.",
              responses={422: {"description": "invalid spec; `errors` names each field"}})
-def submit(spec: JobSpec, request: Request, response: Response, tenant: TenantDep, store: StoreDep, artifacts: ArtifactsDep,
+def submit(spec: JobSpec, request: Request, response: Response, tenant: TenantDep, store: StoreDep,
+           artifacts: ArtifactsDep,
            idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> JobPublic:
     check_submission(spec, tenant, store, artifacts)
     queue = _queue(spec, store)
