@@ -25,6 +25,7 @@ def _beat(name: str, queues: list[str]) -> None:
     while not _stop.is_set():
         try:
             store.heartbeat(name, queues, ttl_s=period * 3)
+            requeue_orphans(store)
         except Exception as e:  # Redis restarting: try again next period
             log.warning("heartbeat: %s", e)
         _stop.wait(period)
@@ -32,6 +33,21 @@ def _beat(name: str, queues: list[str]) -> None:
         store.r.delete(f"{P}worker:{name}")
     except Exception:
         pass
+
+
+def requeue_orphans(store: JobStore) -> int:
+    """Sends a fresh message for each started job whose lease lapsed (its worker process died, and
+    the broker would keep the unacked message until the visibility timeout). The new delivery takes
+    the lease and resumes from the job's last epoch checkpoint; a duplicate is harmless (lease)."""
+    from worker.celery_app import RUN_JOB, app
+
+    orphans = store.orphaned_jobs()
+    for job_id, queue in orphans:
+        log.warning("job %s lost its worker; re-enqueueing it on %s to resume", job_id, queue)
+        store.add_event(job_id, "log", {"message": "worker lost; the job is queued again and will resume "
+                                        "from its last epoch checkpoint"})
+        app.send_task(RUN_JOB, args=[job_id], queue=queue)
+    return len(orphans)
 
 
 @worker_ready.connect

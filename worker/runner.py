@@ -25,6 +25,7 @@ from worker.artifacts import ArtifactStore
 from worker.store import TERMINAL, JobStore, now_iso
 
 log = logging.getLogger("distillery.worker")
+LEASED_ELSEWHERE = "leased elsewhere"
 
 
 class _Watcher(threading.Thread):
@@ -104,7 +105,7 @@ def execute(job_id: str, settings: Settings | None = None, store: JobStore | Non
     token = store.acquire_lease(job_id, settings.lease_ttl_s)
     if token is None:
         log.info("job %s: lease held by another delivery; not running it twice", job_id)
-        return "leased elsewhere"
+        return LEASED_ELSEWHERE
     watcher = _Watcher(store, job_id, token, settings.lease_ttl_s)
     try:
         if rec["cancel"]:

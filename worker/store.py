@@ -14,6 +14,7 @@ Keys (prefix `kd:`):
   idem:{tenant}:{key} job id submitted under an Idempotency-Key
   artifact:{id}       hash: id, tenant, filename, sha256, size, format, meta, path, created_at
   worker:{name}       heartbeat of a live worker (JSON with its queues), expiring
+  active              ids of jobs that started and have not ended (to find those whose worker died)
 """
 from __future__ import annotations
 
@@ -145,6 +146,10 @@ class JobStore:
         for k, v in fields.items():
             argv += [k, json.dumps(v) if k in JSON_FIELDS else v]
         changed = self._transition(keys=[f"{P}job:{job_id}"], args=argv) == 1
+        if changed and to == "running":
+            self.r.sadd(f"{P}active", job_id)
+        elif changed and to in TERMINAL:
+            self.r.srem(f"{P}active", job_id)
         if changed:
             extra = {"error": fields["error"]} if "error" in fields else {}
             self.add_event(job_id, "status", {"status": to, **extra})
@@ -193,6 +198,18 @@ class JobStore:
 
     def lease_holder(self, job_id: str) -> str | None:
         return self.r.get(f"{P}lease:{job_id}")
+
+    def orphaned_jobs(self) -> list[tuple[str, str]]:
+        """(id, queue) of started jobs whose lease has lapsed: their worker died mid-run."""
+        out = []
+        for job_id in self.r.smembers(f"{P}active"):
+            status, queue = self.r.hmget(f"{P}job:{job_id}", "status", "queue")
+            if status in TERMINAL or status is None:
+                self.r.srem(f"{P}active", job_id)
+            elif status in ("running", "cancelling") and not self.r.exists(f"{P}lease:{job_id}") \
+                    and self.r.set(f"{P}reaped:{job_id}", 1, nx=True, ex=60):  # one re-enqueue a minute at most
+                out.append((job_id, queue or "cpu"))
+        return out
 
     # ---- artifacts --------------------------------------------------------------------------
     def put_artifact(self, meta: dict[str, Any]) -> None:

@@ -1,11 +1,20 @@
 """Celery tasks: thin, they pass the job id to the runner where the logic lives."""
 from __future__ import annotations
 
+from celery import Task
+
+from api.settings import get_settings
 from worker.celery_app import RUN_JOB, app
 
 
-@app.task(name=RUN_JOB, acks_late=True, reject_on_worker_lost=True)
-def run_job(job_id: str) -> str:
-    from worker.runner import execute  # imported here so that the worker's parent never loads torch
+@app.task(name=RUN_JOB, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
+def run_job(self: Task, job_id: str) -> str:
+    from worker.runner import LEASED_ELSEWHERE, execute  # imported here so the worker's parent never loads torch
 
-    return execute(job_id)
+    outcome = execute(job_id)
+    if outcome == LEASED_ELSEWHERE:
+        # Another delivery holds the lease. If its worker is alive, this retry finds the job ended and
+        # does nothing; if it died, the lease lapses within lease_ttl_s and the retry resumes the job
+        # from its last epoch checkpoint. Either way the job is never dropped nor run twice at once.
+        raise self.retry(countdown=get_settings().lease_ttl_s)
+    return outcome

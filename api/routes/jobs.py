@@ -15,7 +15,7 @@ from api.submission import check_submission
 from kdcore.spec import JobSpec
 from worker.artifacts import JOB_OUTPUTS
 from worker.celery_app import RUN_JOB
-from worker.store import TERMINAL, JobStore
+from worker.store import TERMINAL, JobStore, now_iso
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 SSE_BLOCK_MS = 5000
@@ -48,7 +48,12 @@ def submit(spec: JobSpec, request: Request, response: Response, tenant: TenantDe
     queue = _queue(spec, store)
     rec, created = store.create_job(tenant, spec.model_dump(mode="json"), queue, spec.name, idempotency_key)
     if created:
-        request.app.state.celery.send_task(RUN_JOB, args=[rec["id"]], queue=queue)
+        try:
+            request.app.state.celery.send_task(RUN_JOB, args=[rec["id"]], queue=queue)
+        except Exception as e:  # the broker is away: say so rather than leave a job queued forever
+            store.transition(rec["id"], "failed", ["queued"], finished_at=now_iso(),
+                             error={"code": "enqueue_failed", "message": f"could not enqueue: {e}"})
+            raise Problem(503, f"the queue is unavailable ({e}); the job was not accepted") from e
     response.headers["Location"] = f"/v1/jobs/{rec['id']}"
     return JobPublic.from_record(rec)
 

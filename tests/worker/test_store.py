@@ -78,3 +78,18 @@ def test_list_pages_newest_first(redis_client: redis.Redis) -> None:
     assert [r["id"] for r in page1 + page2 + page3] == ids[::-1] and cur3 is None
     running, _ = store.list_jobs("t", "running", 10, None)
     assert [r["id"] for r in running] == [ids[1]]
+
+
+def test_orphaned_jobs_are_started_jobs_without_a_lease(redis_client: redis.Redis) -> None:
+    store = JobStore(redis_client)
+    alive, _ = store.create_job("t", {}, "cpu")
+    dead, _ = store.create_job("t", {}, "gpu")
+    queued, _ = store.create_job("t", {}, "cpu")
+    for rec in (alive, dead):
+        store.transition(rec["id"], "running", ["queued"])
+    store.acquire_lease(alive["id"], 30)
+    assert store.orphaned_jobs() == [(dead["id"], "gpu")]
+    assert store.orphaned_jobs() == []  # re-enqueued at most once a minute
+    store.transition(dead["id"], "failed", ["running"])
+    assert dead["id"] not in redis_client.smembers("kd:active") and queued["id"] not in redis_client.smembers(
+        "kd:active")

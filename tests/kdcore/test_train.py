@@ -1,0 +1,93 @@
+"""The training loop on real data (digits): seeded, resumable from its epoch checkpoint, cancellable."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from kdcore.checkpoints import load_student
+from kdcore.datasets import load_dataset
+from kdcore.spec import JobSpec
+from kdcore.train import CHECKPOINT, Cancelled, JobError, Teacher, run
+
+
+def _spec(**over: Any) -> JobSpec:
+    s: dict[str, Any] = {"student": {"architecture": "mlp", "kwargs": {"hidden": [64]}}, "dataset": {"name": "digits"},
+                         "distillation": {"method": "none"},
+                         "training": {"epochs": 4, "batch_size": 64, "lr": 0.05, "seed": 3}}
+    s.update(over)
+    return JobSpec.model_validate(s)
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory):
+    return load_dataset("digits", tmp_path_factory.mktemp("root"))
+
+
+def test_resume_continues_from_the_epoch_checkpoint(digits, tmp_path: Path) -> None:
+    full = run(_spec(), digits, [], tmp_path / "full")
+
+    events: list[tuple[str, dict]] = []
+    epochs_seen = 0
+
+    def stop_after_two() -> bool:
+        return epochs_seen >= 2
+
+    def on_event(kind: str, data: dict) -> None:
+        nonlocal epochs_seen
+        events.append((kind, data))
+        epochs_seen += kind == "epoch"
+
+    work = tmp_path / "interrupted"
+    with pytest.raises(Cancelled):
+        run(_spec(), digits, [], work, on_event, stop_after_two)
+    state = torch.load(work / CHECKPOINT, weights_only=True)
+    assert state["epoch"] == 2 and {"student", "optimizer", "scheduler"} <= state.keys()
+
+    events.clear()
+    resumed = run(_spec(), digits, [], work, on_event)
+    assert any(k == "log" and "resumed distill from its epoch 2" in d["message"] for k, d in events)
+    assert [d["epoch"] for k, d in events if k == "epoch"] == [3, 4]
+    assert [r["epoch"] for r in resumed["epochs"]] == [1, 2, 3, 4]
+    # same seed, same data order per epoch: the resumed run ends where the uninterrupted one did
+    assert resumed["student"]["top1"] == pytest.approx(full["student"]["top1"], abs=1e-6)
+    assert resumed["epochs"][-1]["train_loss"] == pytest.approx(full["epochs"][-1]["train_loss"], rel=1e-4)
+
+
+def test_kd_with_baseline_report_and_student_file(digits, tmp_path: Path) -> None:
+    teacher_dir = tmp_path / "teacher"
+    run(_spec(student={"architecture": "mlp", "kwargs": {"hidden": [256]}}), digits, [], teacher_dir)
+    tmodel, _ = load_student(teacher_dir / "student.safetensors")
+    before = {k: v.clone() for k, v in tmodel.state_dict().items()}
+    spec = _spec(teacher={"job": "job_x"}, distillation={"method": "kd", "temperature": 4, "alpha": 0.9},
+                 baseline=True, training={"epochs": 3, "batch_size": 64, "lr": 0.05})
+    progress: list[dict] = []
+    rep = run(spec, digits, [Teacher(tmodel, params=1000, size_bytes=10)], tmp_path / "kd",
+              lambda k, d: progress.append(d) if k == "progress" else None)
+    assert rep["teacher"]["top1"] > 0.8 and rep["student"]["top1"] > 0.8
+    assert rep["baseline"]["top1"] > 0.5 and rep["kd_gain"] == pytest.approx(
+        rep["student"]["top1"] - rep["baseline"]["top1"], abs=1e-9)
+    assert 0 < rep["agreement"] <= 1 and rep["compression"] == pytest.approx(1000 / rep["student"]["params"], rel=1e-3)
+    assert (tmp_path / "kd" / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    # the teacher is never trained: same weights, still in eval mode
+    assert all(torch.equal(before[k], v) for k, v in tmodel.state_dict().items())
+    assert not tmodel.training
+    assert progress and all(0 <= p["fraction"] <= 1 for p in progress)
+
+
+def test_teacher_with_wrong_class_count_fails_clearly(digits, tmp_path: Path) -> None:
+    wrong = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 7))
+    spec = _spec(teacher={"job": "job_x"}, distillation={"method": "kd"})
+    with pytest.raises(JobError) as e:
+        run(spec, digits, [Teacher(wrong)], tmp_path)
+    assert e.value.code == "class_mismatch" and "7" in e.value.message
+
+
+def test_diverging_loss_is_a_clear_failure(digits, tmp_path: Path) -> None:
+    spec = _spec(training={"epochs": 2, "batch_size": 64, "lr": 10.0, "momentum": 0.99, "lr_schedule": "constant"},
+                 student={"architecture": "mlp", "kwargs": {"hidden": [512, 512]}})
+    with pytest.raises(JobError) as e:
+        run(spec, digits, [], tmp_path)
+    assert e.value.code == "non_finite_loss" and "lr" in e.value.message

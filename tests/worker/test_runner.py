@@ -1,0 +1,67 @@
+"""The runner against a real Redis, called directly (the e2e suite covers it under Celery)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import redis
+
+from api.settings import Settings
+from worker.runner import LEASED_ELSEWHERE, execute
+from worker.store import JobStore
+
+SPEC = {"student": {"architecture": "mlp", "kwargs": {"hidden": [32]}}, "dataset": {"name": "digits"},
+        "distillation": {"method": "none"}, "training": {"epochs": 2, "batch_size": 64, "lr": 0.05}}
+
+
+def _settings(redis_url: str, tmp_path: Path) -> Settings:
+    return Settings(redis_url=redis_url, data_dir=tmp_path, lease_ttl_s=30)
+
+
+def test_runs_a_job_to_success_and_a_second_delivery_does_nothing(redis_client: redis.Redis, redis_url: str,
+                                                                   tmp_path: Path) -> None:
+    store = JobStore(redis_client)
+    rec, _ = store.create_job("t", SPEC, "cpu")
+    settings = _settings(redis_url, tmp_path)
+    assert execute(rec["id"], settings, store) == "succeeded"
+    job = store.get_job(rec["id"])
+    assert job["status"] == "succeeded" and job["report"]["student"]["top1"] > 0.5 and job["attempts"] == 1
+    assert (tmp_path / "artifacts" / "jobs" / rec["id"] / "student.safetensors").is_file()
+    assert not (tmp_path / "artifacts" / "jobs" / rec["id"] / "checkpoint.pt").exists()
+    n_events = len(store.events(rec["id"]))
+    assert execute(rec["id"], settings, store) == "already succeeded"  # redelivered after the end
+    assert len(store.events(rec["id"])) == n_events and store.get_job(rec["id"])["attempts"] == 1
+
+
+def test_a_delivery_while_the_lease_lives_does_not_run_the_job(redis_client: redis.Redis, redis_url: str,
+                                                               tmp_path: Path) -> None:
+    store = JobStore(redis_client)
+    rec, _ = store.create_job("t", SPEC, "cpu")
+    holder = store.acquire_lease(rec["id"], 30)  # as if another worker were running it
+    assert holder
+    assert execute(rec["id"], _settings(redis_url, tmp_path), store) == LEASED_ELSEWHERE
+    job = store.get_job(rec["id"])
+    assert job["status"] == "queued" and job["attempts"] == 0
+    assert store.lease_holder(rec["id"]) == holder
+
+
+def test_cancel_before_start_and_bounded_attempts(redis_client: redis.Redis, redis_url: str, tmp_path: Path) -> None:
+    store = JobStore(redis_client)
+    settings = _settings(redis_url, tmp_path)
+    rec, _ = store.create_job("t", SPEC, "cpu")
+    store.set_fields(rec["id"], cancel=1)
+    assert execute(rec["id"], settings, store) == "cancelled"
+    dying, _ = store.create_job("t", SPEC, "cpu")
+    for _ in range(settings.max_attempts):
+        store.incr_attempts(dying["id"])  # deliveries whose worker died mid-run
+    assert execute(dying["id"], settings, store) == "failed"
+    err = store.get_job(dying["id"])["error"]
+    assert err["code"] == "worker_lost" and "attempts" in err["message"]
+
+
+def test_bad_dataset_root_fails_with_a_clear_error(redis_client: redis.Redis, redis_url: str, tmp_path: Path) -> None:
+    store = JobStore(redis_client)
+    rec, _ = store.create_job("t", {**SPEC, "dataset": {"name": "mnist"}}, "cpu")
+    settings = Settings(redis_url=redis_url, data_dir=tmp_path, dataset_root=tmp_path / "nowhere")
+    assert execute(rec["id"], settings, store) == "failed"
+    err = store.get_job(rec["id"])["error"]
+    assert err["code"] == "bad_dataset" and "nowhere" in err["message"]
