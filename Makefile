@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-slow lint contract clean
+.PHONY: install run test lint contract bench-mnist clean
 
 # Idempotent: re-installs only when pyproject.toml changed.
 install: $(STAMP)
@@ -20,8 +20,8 @@ run: install
 test: install
 	$(BIN)/python -m pytest
 
-test-slow: install
-	$(BIN)/python -m pytest -m slow
+bench-mnist: install
+	$(BIN)/python benchmarks/mnist_service.py
 
 lint: install
 	$(BIN)/ruff check .

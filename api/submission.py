@@ -23,8 +23,9 @@ def _dataset(spec: JobSpec, tenant: str, store: JobStore, errors: list[dict]) ->
     if art is None:
         errors.append({"loc": loc, "msg": f"no artifact {spec.dataset.artifact}"})
         return None
-    if art["format"] != "npz":
-        errors.append({"loc": loc, "msg": f"artifact {art['id']} is a {art['format']} file, not an .npz dataset"})
+    if art["format"] != spec.dataset.name:  # the dataset kinds that take uploads are named by their format
+        errors.append({"loc": loc, "msg": f"artifact {art['id']} is a {art['format']} file, not a "
+                       f"{spec.dataset.name} dataset"})
         return None
     try:
         return dataset_info(spec.dataset.name, Path(art["path"]))
@@ -68,7 +69,7 @@ def check_submission(spec: JobSpec, tenant: str, store: JobStore, artifacts: Art
                 errors.append({"loc": [*base, "checkpoint"], "msg": f"no artifact {t.checkpoint}"})
                 continue
             fmt, meta = art["format"], art.get("meta") or {}
-            if fmt == "npz":
+            if fmt in ("npz", "imagefolder"):
                 errors.append({"loc": [*base, "checkpoint"], "msg": f"artifact {art['id']} is a dataset, "
                                "not a checkpoint"})
                 continue

@@ -48,7 +48,7 @@ if TYPE_CHECKING:  # kept out of the import so that the API process pays for the
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("safetensors", "state_dict", "export", "onnx", "npz")
+FORMATS = ("safetensors", "state_dict", "export", "onnx", "npz", "imagefolder")
 EXTENSIONS: dict[str, str] = {
     ".safetensors": "safetensors",
     ".pt": "state_dict",
@@ -56,6 +56,7 @@ EXTENSIONS: dict[str, str] = {
     ".pt2": "export",
     ".onnx": "onnx",
     ".npz": "npz",
+    ".zip": "imagefolder",
 }
 STUDENT_FORMAT = "distillery.student.v1"
 
@@ -65,7 +66,12 @@ _LABELS = {
     "export": "a torch.export program",
     "onnx": "an ONNX model",
     "npz": "a NumPy .npz archive",
+    "imagefolder": "a .zip of class folders",
 }
+# Zip bomb limits for image-folder uploads: what the members would expand to, in all and per byte.
+_MAX_UNZIPPED_BYTES = 8 * 1024**3
+_MAX_ZIP_RATIO = 200
+_MAX_ZIP_MEMBERS = 2_000_000
 _ZIP_MAGIC = b"PK\x03\x04"
 _MAX_SAFETENSORS_HEADER = 100_000_000  # the limit the safetensors library itself enforces
 # Common training-script layouts: {"state_dict": ..., "epoch": ..., "optimizer": ...}.
@@ -111,12 +117,13 @@ def detect_format(filename: str, head: bytes) -> str:
         if len(head) < 9 or not 2 <= size <= _MAX_SAFETENSORS_HEADER or head[8:9] != b"{":
             raise CheckpointError(f"{filename!r} is named .safetensors but does not start with a safetensors "
                                   "header (8-byte length, then JSON)")
-    elif fmt in ("state_dict", "export", "npz") and not head.startswith(_ZIP_MAGIC):
+    elif fmt in ("state_dict", "export", "npz", "imagefolder") and not head.startswith(_ZIP_MAGIC):
         hint = {
             "state_dict": "save it with torch.save(model.state_dict(), path) (PyTorch 1.6 or later writes "
                           "a zip archive; older raw-pickle files are not accepted)",
             "export": "save it with torch.export.save(torch.export.export(model, (example,)), path)",
             "npz": "save it with numpy.savez or numpy.savez_compressed",
+            "imagefolder": "zip the train/ and test/ folders",
         }[fmt]
         raise CheckpointError(f"{filename!r} is named {suffix} but is not a zip archive; {hint}")
     return fmt
@@ -380,12 +387,27 @@ def _inspect_npz(path: Path, filename: str) -> dict[str, Any]:
     return {"tensors": len(arrays), "metadata": {"arrays": arrays}}
 
 
+def _inspect_zip(path: Path, filename: str) -> dict[str, Any]:
+    """Member sizes from the zip directory only: refuses decompression bombs before anything is inflated."""
+    with zipfile.ZipFile(path) as zf:
+        infos = zf.infolist()
+    if len(infos) > _MAX_ZIP_MEMBERS:
+        raise CheckpointError(f"{filename!r} holds {len(infos)} entries; at most {_MAX_ZIP_MEMBERS} are accepted")
+    total = sum(i.file_size for i in infos)
+    packed = max(1, sum(i.compress_size for i in infos))
+    if total > _MAX_UNZIPPED_BYTES or total / packed > _MAX_ZIP_RATIO:
+        raise CheckpointError(f"{filename!r} would expand to {total} bytes ({total / packed:.0f}x its size); "
+                              f"the limits are {_MAX_UNZIPPED_BYTES} bytes and {_MAX_ZIP_RATIO}x")
+    return {"metadata": {"entries": len(infos), "unzipped_bytes": total}}
+
+
 _INSPECTORS: dict[str, Callable[[Path, str], dict[str, Any]]] = {
     "safetensors": _inspect_safetensors,
     "state_dict": _inspect_state_dict,
     "export": _inspect_export,
     "onnx": _inspect_onnx,
     "npz": _inspect_npz,
+    "imagefolder": _inspect_zip,
 }
 
 

@@ -11,15 +11,18 @@ from api.deps import ArtifactsDep, SettingsDep, StoreDep, TenantDep
 from api.errors import Problem, invalid
 from api.schemas import ArtifactPublic
 from kdcore.checkpoints import CheckpointError, detect_format, inspect_upload
-from kdcore.datasets import DatasetError, inspect_npz
+from kdcore.datasets import DatasetError, inspect_imagefolder, inspect_npz
 from worker.store import new_id, now_iso
 
 router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
 CHUNK = 1 << 20
+# Uploads that are datasets: checked as data (shapes, labels, images) before they are accepted.
+DATASET_INSPECTORS = {"npz": inspect_npz, "imagefolder": inspect_imagefolder}
 
 
 @router.post("", status_code=201, response_model=ArtifactPublic,
-             summary="Upload a teacher checkpoint (.safetensors, .pt/.pth state dict, .pt2, .onnx) or a dataset (.npz)",
+             summary="Upload a teacher checkpoint (.safetensors, .pt/.pth state dict, .pt2, .onnx) or a dataset "
+                     "(.npz, or a .zip of train/<class>/ and test/<class>/ image folders)",
              responses={413: {"description": "larger than KD_MAX_UPLOAD_BYTES"},
                         422: {"description": "not a readable checkpoint or dataset"}})
 def upload(request: Request, file: Annotated[UploadFile, File(description="the file")], tenant: TenantDep,
@@ -48,9 +51,8 @@ def upload(request: Request, file: Annotated[UploadFile, File(description="the f
                 out.write(chunk)
         try:
             meta = inspect_upload(dest, filename)
-            if fmt == "npz":
-                info = inspect_npz(dest)
-                meta["dataset"] = info.describe()
+            if fmt in DATASET_INSPECTORS:
+                meta["dataset"] = DATASET_INSPECTORS[fmt](dest).describe()
         except (CheckpointError, DatasetError) as e:
             raise invalid(("body", "file"), str(e)) from e
     except BaseException:

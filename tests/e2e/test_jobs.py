@@ -250,3 +250,43 @@ def test_health_and_docs(service) -> None:
         schema = http.get("/openapi.json").json()
         assert "/v1/jobs" in schema["paths"] and "JobSpec" in json.dumps(schema)
         assert http.get("/docs").status_code == 200
+
+
+def test_uploaded_datasets_npz_and_imagefolder(service, tmp_path: Path) -> None:
+    import zipfile
+
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    img = (x.reshape(-1, 8, 8) * 15).astype(np.uint8)
+    npz = tmp_path / "digits.npz"
+    np.savez(npz, x_train=img[:1400], y_train=y[:1400], x_test=img[1400:], y_test=y[1400:])
+    archive = tmp_path / "digits.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for split, idx in (("train", range(0, 400)), ("test", range(1400, 1500))):
+            for i in idx:
+                buf = io.BytesIO()
+                Image.fromarray(img[i]).save(buf, format="PNG")
+                zf.writestr(f"{split}/digit{y[i]}/{i}.png", buf.getvalue())
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("train/a/zeros.png", b"\0" * (64 << 20))
+    with service.client() as http:
+        ids = {}
+        for name, path in (("npz", npz), ("imagefolder", archive)):
+            r = http.post("/v1/artifacts", files={"file": (path.name, path.read_bytes())})
+            assert r.status_code == 201, r.text
+            assert r.json()["format"] == name and r.json()["meta"]["dataset"]["num_classes"] == 10
+            ids[name] = r.json()["id"]
+        r = http.post("/v1/artifacts", files={"file": ("bomb.zip", bomb.read_bytes())})
+        assert r.status_code == 422 and "expand" in r.json()["detail"]
+        wrong = http.post("/v1/jobs", json=spec(dataset={"name": "npz", "artifact": ids["imagefolder"]}))
+        assert wrong.status_code == 422 and wrong.json()["errors"][0]["loc"] == ["body", "dataset", "artifact"]
+        for name, art in ids.items():
+            jid = service.submit(http, spec(dataset={"name": name, "artifact": art},
+                                            training={"epochs": 4, "batch_size": 32, "lr": 0.05}))
+            job = service.wait(http, jid)
+            assert job["status"] == "succeeded", job["error"]
+            assert job["report"]["student"]["top1"] > 0.5

@@ -1,13 +1,12 @@
-"""MNIST through the service (slow: `make test-slow`): a 1200-1200 MLP teacher trained on labels,
-distilled into an 800-800 MLP. Short recipe; benchmarks/mnist_service.py runs the full one."""
+"""MNIST through the service: a 1200-1200 MLP teacher trained on labels, distilled into an 800-800
+MLP. A short recipe (about 30 s on 2 cores); benchmarks/mnist_service.py runs the full one."""
 from __future__ import annotations
 
 import pytest
 
 from tests.conftest import MNIST_DIR
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"no MNIST files at {MNIST_DIR}")]
+pytestmark = pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"no MNIST files at {MNIST_DIR}")
 
 
 def test_mnist_teacher_and_kd_student(service) -> None:

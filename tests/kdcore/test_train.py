@@ -91,3 +91,13 @@ def test_diverging_loss_is_a_clear_failure(digits, tmp_path: Path) -> None:
     with pytest.raises(JobError) as e:
         run(spec, digits, [], tmp_path)
     assert e.value.code == "non_finite_loss" and "lr" in e.value.message
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_path_with_auto_precision(digits, tmp_path: Path) -> None:
+    spec = _spec(resources={"device": "cuda", "precision": "auto"},
+                 student={"architecture": "cifar_resnet20", "kwargs": {}})
+    rep = run(spec, digits, [], tmp_path)
+    assert rep["device"] == "cuda" and rep["precision"] in ("bf16", "fp32")
+    assert rep["student"]["top1"] > 0.5
