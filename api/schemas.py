@@ -16,6 +16,8 @@ class Progress(BaseModel):
     steps: int | None = None
     fraction: float | None = Field(None, description="share of all training steps done, in [0, 1]")
     eta_s: float | None = Field(None, description="seconds left, estimated from this run's pace")
+    loss: float | None = Field(None, description="training loss of the latest step reported")
+    lr: float | None = Field(None, description="learning rate at that step")
 
 
 class JobError(BaseModel):

@@ -103,18 +103,21 @@ class _Progress:
         self.on_event, self.total, self.done = on_event, max(1, total_steps), done_steps
         self.start_done, self.t0, self.last = done_steps, time.monotonic(), 0.0
 
-    def step(self, force: bool = False, **fields: Any) -> bool:
-        self.done += 0 if force else 1
+    def step(self) -> bool:
+        """Counts one step; True when a progress event is due (at most every PROGRESS_EVERY_S)."""
+        self.done += 1
         now = time.monotonic()
-        if not force and now - self.last < PROGRESS_EVERY_S:
+        if now - self.last < PROGRESS_EVERY_S:
             return False
         self.last = now
-        fraction = self.done / self.total
-        ran = self.done - self.start_done
-        eta = (now - self.t0) / ran * (self.total - self.done) if ran > 0 else None
-        self.on_event("progress", {**fields, "step": self.done, "steps": self.total,
-                                   "fraction": round(fraction, 4), "eta_s": None if eta is None else round(eta, 1)})
         return True
+
+    def emit(self, **fields: Any) -> None:
+        ran = self.done - self.start_done
+        eta = (time.monotonic() - self.t0) / ran * (self.total - self.done) if ran > 0 else None
+        self.on_event("progress", {**fields, "step": self.done, "steps": self.total,
+                                   "fraction": round(self.done / self.total, 4),
+                                   "eta_s": None if eta is None else round(eta, 1)})
 
 
 def _steps_per_epoch(n: int, batch_size: int) -> int:
@@ -200,11 +203,13 @@ def _train_phase(phase: str, method: str, spec: JobSpec, data: TensorData, teach
             loss_sum += loss.detach()
             for k, v in terms.items():
                 term_sums[k] = term_sums.get(k, torch.zeros((), device=device)) + v.detach()
-            if progress.step(phase=phase, epoch=epoch + 1, epochs=tr.epochs, loss=None, lr=sched.get_last_lr()[0]):
-                cur = loss.item()
+            if progress.step():
+                cur = loss.item()  # the only host sync inside the epoch, twice a second at most
                 if not math.isfinite(cur):
                     raise JobError("non_finite_loss", f"the loss became {cur} in epoch {epoch + 1}; lower "
                                    "training.lr (the soft term is scaled by T^2) or use precision fp32")
+                progress.emit(phase=phase, epoch=epoch + 1, epochs=tr.epochs, loss=round(cur, 6),
+                              lr=sched.get_last_lr()[0])
         seconds = time.perf_counter() - t0
         train_loss = loss_sum.item() / steps_per_epoch
         if not math.isfinite(train_loss):

@@ -137,8 +137,7 @@ def _run(job_id: str, rec: dict[str, Any], store: JobStore, arts: ArtifactStore,
     def on_event(kind: str, data: dict[str, Any]) -> None:
         store.add_event(job_id, kind, data)
         if kind == "progress":
-            store.set_fields(job_id, progress={k: data.get(k) for k in
-                                               ("phase", "epoch", "epochs", "step", "steps", "fraction", "eta_s")})
+            store.set_fields(job_id, progress=data)
         elif kind == "epoch":
             store.set_fields(job_id, metrics={k: v for k, v in data.items() if k != "epochs"})
 

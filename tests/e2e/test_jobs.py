@@ -89,7 +89,7 @@ def test_teacher_then_kd_student_end_to_end(service, teacher_job, dataset_root: 
         assert "progress" in kinds and "epoch" in kinds and kinds[-1] == "end"
         assert events[-1][1]["status"] == "succeeded"
         prog = next(d for k, d in events if k == "progress")
-        assert {"epoch", "epochs", "step", "steps", "fraction", "eta_s"} <= prog.keys()
+        assert {"epoch", "epochs", "step", "steps", "fraction", "eta_s", "loss"} <= prog.keys()
         job = http.get(f"/v1/jobs/{jid}").json()
         assert job["status"] == "succeeded" and job["progress"]["fraction"] == 1.0
         assert job["metrics"]["test_top1"] > 0 and job["started_at"] and job["finished_at"]

@@ -74,7 +74,7 @@ def test_kd_with_baseline_report_and_student_file(digits, tmp_path: Path) -> Non
     # the teacher is never trained: same weights, still in eval mode
     assert all(torch.equal(before[k], v) for k, v in tmodel.state_dict().items())
     assert not tmodel.training
-    assert progress and all(0 <= p["fraction"] <= 1 for p in progress)
+    assert progress and all(0 <= p["fraction"] <= 1 and p["loss"] >= 0 for p in progress)
 
 
 def test_teacher_with_wrong_class_count_fails_clearly(digits, tmp_path: Path) -> None:
