@@ -1,0 +1,53 @@
+"""API keys and tenants, on the real app factory with a real Redis (no worker needed to submit)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from api.main import create_app
+from api.settings import Settings
+
+SPEC = {"student": {"architecture": "mlp", "kwargs": {"hidden": [32]}}, "dataset": {"name": "digits"},
+        "distillation": {"method": "none"}, "training": {"epochs": 1}, "resources": {"device": "cpu"}}
+
+
+def test_keys_tenants_and_isolation(redis_url: str, redis_client, tmp_path: Path) -> None:
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("# key tenant\nk3 gamma\n")
+    app = create_app(Settings(redis_url=redis_url, data_dir=tmp_path, api_keys="k1:alpha,k2:beta",
+                              api_keys_file=keys_file))
+    with TestClient(app) as http:
+        assert http.get("/healthz").status_code == 200  # probes need no key
+        r = http.post("/v1/jobs", json=SPEC)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+        assert r.headers["content-type"].startswith("application/problem+json")
+        assert http.get("/v1/jobs", headers={"Authorization": "Bearer nope"}).status_code == 401
+        r = http.post("/v1/jobs", json=SPEC, headers={"Authorization": "Bearer k1"})
+        assert r.status_code == 202
+        jid = r.json()["id"]
+        assert http.get(f"/v1/jobs/{jid}", headers={"Authorization": "Bearer k1"}).status_code == 200
+        for other in ("k2", "k3"):  # another tenant's job does not exist for them
+            h = {"Authorization": f"Bearer {other}"}
+            assert http.get(f"/v1/jobs/{jid}", headers=h).status_code == 404
+            assert http.post(f"/v1/jobs/{jid}/cancel", headers=h).status_code == 404
+            assert http.get("/v1/jobs", headers=h).json()["data"] == []
+        art = http.post("/v1/artifacts", files={"file": ("x.npz", _npz())},
+                        headers={"Authorization": "Bearer k1"}).json()
+        assert http.get(f"/v1/artifacts/{art['id']}", headers={"Authorization": "Bearer k2"}).status_code == 404
+        r = http.post("/v1/jobs", json={**SPEC, "dataset": {"name": "npz", "artifact": art["id"]}},
+                      headers={"Authorization": "Bearer k2"})
+        assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["body", "dataset", "artifact"]
+
+
+def _npz() -> bytes:
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    rng = np.random.default_rng(0)
+    np.savez(buf, x_train=rng.integers(0, 255, (20, 8, 8), dtype=np.uint8), y_train=np.arange(20) % 2,
+             x_test=rng.integers(0, 255, (6, 8, 8), dtype=np.uint8), y_test=np.arange(6) % 2)
+    return buf.getvalue()
+
