@@ -239,7 +239,8 @@ def test_detect_format_by_extension_and_magic() -> None:
     assert detect_format("t.pt2", b"PK\x03\x04rest") == "export"
     assert detect_format("t.npz", b"PK\x03\x04rest") == "npz"
     assert detect_format("t.onnx", b"\x08\x08") == "onnx"
-    assert set(FORMATS) == {"safetensors", "state_dict", "export", "onnx", "npz"}
+    assert detect_format("images.zip", b"PK\x03\x04rest") == "imagefolder"
+    assert set(FORMATS) == {"safetensors", "state_dict", "export", "onnx", "npz", "imagefolder"}
     with pytest.raises(CheckpointError, match="not a zip archive"):
         detect_format("t.pt", pickle.dumps({"a": 1}))
     with pytest.raises(CheckpointError, match="safetensors header"):
