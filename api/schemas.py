@@ -77,7 +77,7 @@ class ArtifactPublic(BaseModel):
     filename: str
     sha256: str
     size: int
-    format: str = Field(description="safetensors | state_dict | export | onnx | npz")
+    format: str = Field(description="safetensors | state_dict | export | onnx | npz | imagefolder")
     created_at: str
     meta: dict[str, Any] = Field(default_factory=dict, description="what inspection of the file found")
 

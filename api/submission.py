@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from api.errors import Problem
-from kdcore.checkpoints import CheckpointError, inspect_upload
+from kdcore.checkpoints import DATASET_FORMATS, CheckpointError, inspect_upload
 from kdcore.datasets import DatasetError, DatasetInfo, dataset_info
 from kdcore.methods import METHODS
 from kdcore.spec import JobSpec, semantic_errors
@@ -69,7 +69,7 @@ def check_submission(spec: JobSpec, tenant: str, store: JobStore, artifacts: Art
                 errors.append({"loc": [*base, "checkpoint"], "msg": f"no artifact {t.checkpoint}"})
                 continue
             fmt, meta = art["format"], art.get("meta") or {}
-            if fmt in ("npz", "imagefolder"):
+            if fmt in DATASET_FORMATS:
                 errors.append({"loc": [*base, "checkpoint"], "msg": f"artifact {art['id']} is a dataset, "
                                "not a checkpoint"})
                 continue

@@ -49,6 +49,8 @@ if TYPE_CHECKING:  # kept out of the import so that the API process pays for the
 log = logging.getLogger(__name__)
 
 FORMATS = ("safetensors", "state_dict", "export", "onnx", "npz", "imagefolder")
+# Upload formats that are datasets, not models (each is also the name of the dataset kind that reads it).
+DATASET_FORMATS = frozenset({"npz", "imagefolder"})
 EXTENSIONS: dict[str, str] = {
     ".safetensors": "safetensors",
     ".pt": "state_dict",

@@ -120,6 +120,12 @@ class _Progress:
                                    "eta_s": None if eta is None else round(eta, 1)})
 
 
+def _check_finite(loss: float, epoch: int) -> None:
+    if not math.isfinite(loss):
+        raise JobError("non_finite_loss", f"the loss became {loss} in epoch {epoch + 1}; lower training.lr "
+                       "(the soft term is scaled by T^2) or use precision fp32")
+
+
 def _steps_per_epoch(n: int, batch_size: int) -> int:
     bs = min(batch_size, n)
     # A final batch of one sample breaks batch norm in training mode; that lone sample is dropped instead.
@@ -205,16 +211,12 @@ def _train_phase(phase: str, method: str, spec: JobSpec, data: TensorData, teach
                 term_sums[k] = term_sums.get(k, torch.zeros((), device=device)) + v.detach()
             if progress.step():
                 cur = loss.item()  # the only host sync inside the epoch, twice a second at most
-                if not math.isfinite(cur):
-                    raise JobError("non_finite_loss", f"the loss became {cur} in epoch {epoch + 1}; lower "
-                                   "training.lr (the soft term is scaled by T^2) or use precision fp32")
+                _check_finite(cur, epoch)
                 progress.emit(phase=phase, epoch=epoch + 1, epochs=tr.epochs, loss=round(cur, 6),
                               lr=sched.get_last_lr()[0])
         seconds = time.perf_counter() - t0
         train_loss = loss_sum.item() / steps_per_epoch
-        if not math.isfinite(train_loss):
-            raise JobError("non_finite_loss", f"the loss became {train_loss} in epoch {epoch + 1}; lower "
-                           "training.lr (the soft term is scaled by T^2) or use precision fp32")
+        _check_finite(train_loss, epoch)
         t1 = time.perf_counter()
         ev = evaluate(distiller.student, data.x_test, data.y_test, device, precision)
         row = {"epoch": epoch + 1, "train_loss": round(train_loss, 6), "test_top1": ev["top1"],

@@ -16,7 +16,7 @@ from worker.store import new_id, now_iso
 
 router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
 CHUNK = 1 << 20
-# Uploads that are datasets: checked as data (shapes, labels, images) before they are accepted.
+# Uploads that are datasets (kdcore.checkpoints.DATASET_FORMATS): checked as data (shapes, labels, images) on arrival.
 DATASET_INSPECTORS = {"npz": inspect_npz, "imagefolder": inspect_imagefolder}
 
 
