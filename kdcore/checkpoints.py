@@ -40,6 +40,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from kdcore.features import FeatureError
+
 if TYPE_CHECKING:  # kept out of the import so that the API process pays for them only when used
     import onnx
     import onnxruntime
@@ -743,21 +745,44 @@ class OnnxModule(nn.Module):
         out = self.session.run([self.output_name], {self.input_name: arr})[0]
         return torch.from_numpy(np.asarray(out, dtype=np.float32))
 
+    def feature_root(self) -> nn.Module:
+        raise FeatureError("an ONNX teacher gives its logits only; feature methods need a .pt2 or a state dict")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _run_in_fixed_batches(self._run, x, self.fixed_batch).to(x.device)
 
 
 class _ExportedModule(nn.Module):
     """Holds ExportedProgram.module(): train()/eval() only set the flag, since the exported graph
-    module refuses them (the graph was captured in one mode); fixed batch sizes are handled too."""
+    module refuses them (the graph was captured in one mode); fixed batch sizes are handled too.
 
-    def __init__(self, program: nn.Module, fixed_batch: int | None):
+    Feature methods hook layers by module path; the flat graph module has none to hook, so
+    `feature_root` rebuilds the module tree with `torch.export.unflatten` and runs through it from then on.
+    """
+
+    def __init__(self, program: nn.Module, fixed_batch: int | None,
+                 exported: torch.export.ExportedProgram | None = None):
         super().__init__()
         self.program = program
         self.fixed_batch = fixed_batch
+        self._exported = exported
+        self.tree: nn.Module | None = None
+
+    def feature_root(self) -> nn.Module:
+        if self.tree is None:
+            if self._exported is None:
+                raise FeatureError("this exported teacher keeps no module tree to take features from")
+            if self.fixed_batch is not None:
+                # hooks would see only the last fixed-size chunk of a batch
+                raise FeatureError(f"this .pt2 teacher was exported with a fixed batch of {self.fixed_batch}; "
+                                   "export it with a dynamic batch dimension to take features from it")
+            self.tree = torch.export.unflatten(self._exported)
+            for p in self.tree.parameters():
+                p.requires_grad_(False)
+        return self.tree
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _run_in_fixed_batches(self.program, x, self.fixed_batch)
+        return _run_in_fixed_batches(self.tree if self.tree is not None else self.program, x, self.fixed_batch)
 
     def train(self, mode: bool = True) -> _ExportedModule:
         self.training = mode
@@ -860,7 +885,7 @@ def load_teacher(path: Path, fmt: str, *, architecture: str | None, kwargs: dict
             # The pass also moves constants the program made in forward() (plain tensor attributes that
             # Module.to() would leave behind) and the device arguments recorded in the graph.
             ep = move_to_device_pass(_load_export_program(path, path.name), device)
-            module = _ExportedModule(ep.module(), _program_batch(ep))
+            module = _ExportedModule(ep.module(), _program_batch(ep), ep)
         else:
             module = OnnxModule.from_file(path, device=device)
     return _freeze(module.to(device))

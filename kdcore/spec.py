@@ -15,6 +15,7 @@ from kdcore.datasets import DATASETS
 from kdcore.methods import METHODS
 from kdcore.models import MODELS
 from kdcore.registry import UnknownNameError
+from kdcore.schedules import ScheduleSpec
 
 _FORBID = ConfigDict(extra="forbid")
 
@@ -39,6 +40,8 @@ class TeacherSpec(BaseModel):
     architecture: str | None = Field(None, description="registry name, needed when the checkpoint is a state dict")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="architecture kwargs; class count and "
                                    "input channels default to the dataset's")
+    weight: float = Field(1.0, gt=0, le=1000, description="with several teachers: this one's share of the "
+                          "averaged soft targets (weights are normalized to sum to 1)")
 
     @field_validator("architecture")
     @classmethod
@@ -98,20 +101,13 @@ class DistillationSpec(BaseModel):
     alpha: float = Field(0.9, ge=0, le=1, description="weight of the soft (teacher) term; (1 - alpha) weighs "
                          "the hard-label cross-entropy: L = alpha*T^2*KL(p_t||p_s) + (1-alpha)*CE")
     params: dict[str, Any] = Field(default_factory=dict, description="method-specific parameters")
-    schedule: dict[str, Any] = Field(default_factory=dict, description="temperature/alpha schedules over "
-                                     "epochs (not yet supported: must be empty)")
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec, description="temperature / alpha schedules "
+                                   "over the epochs and a warm-up of the soft term; see docs/methods.md")
 
     @field_validator("method")
     @classmethod
     def _method_known(cls, v: str) -> str:
         return _known(METHODS, v)
-
-    @field_validator("schedule")
-    @classmethod
-    def _no_schedule_yet(cls, v: dict[str, Any]) -> dict[str, Any]:
-        if v:
-            raise ValueError("schedules are not supported yet; leave `schedule` empty")
-        return v
 
     @model_validator(mode="after")
     def _params_valid(self) -> DistillationSpec:
@@ -184,9 +180,9 @@ class JobSpec(BaseModel):
             raise ValueError(f"method {self.distillation.method!r} needs a `teacher`")
         if not meta.get("needs_teacher", True) and self.teachers:
             raise ValueError(f"method {self.distillation.method!r} trains on labels alone; remove `teacher`")
-        if self.baseline and not self.teachers:
-            raise ValueError("`baseline: true` compares against a run without the teacher; a job without a "
-                             "teacher is already that run")
+        if self.baseline and self.distillation.method == "none":
+            raise ValueError("`baseline: true` compares against a run on labels alone; a job with method "
+                             "'none' is already that run")
         if len(self.teachers) > 1 and not meta.get("multi_teacher", False):
             raise ValueError(f"method {self.distillation.method!r} takes one teacher, not a list")
         return self

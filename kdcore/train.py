@@ -23,6 +23,7 @@ from torch import nn
 from kdcore.checkpoints import save_student
 from kdcore.datasets import TensorData, augment_batch
 from kdcore.evaluate import evaluate
+from kdcore.features import FeatureError
 from kdcore.methods import METHODS, Distiller
 from kdcore.models import count_params, create_model, validate_model_kwargs
 from kdcore.report import plot_curves
@@ -161,9 +162,7 @@ def _train_phase(phase: str, method: str, spec: JobSpec, data: TensorData, teach
                            input_size=info.image_size, **kwargs).to(device)
     if device.type == "cuda" and data.x_train.ndim == 4:
         student = student.to(memory_format=torch.channels_last)
-    d = spec.distillation
-    distiller: Distiller = METHODS.create(method, student, [t.module for t in teachers] if method != "none" else [],
-                                          d.temperature, d.alpha, d.params).to(device)
+    distiller = _build_distiller(method, spec, student, teachers, data, device)
     n = data.x_train.shape[0]
     bs = min(tr.batch_size, n)
     steps_per_epoch = _steps_per_epoch(n, tr.batch_size)
@@ -174,7 +173,7 @@ def _train_phase(phase: str, method: str, spec: JobSpec, data: TensorData, teach
     history: list[dict[str, Any]] = []
     start_epoch = 0
     if state.get("phase") == phase and "student" in state:
-        distiller.student.load_state_dict(state["student"])
+        distiller.load_state_dict(state["student"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         history, start_epoch = list(state["history"]), int(state["epoch"])
@@ -190,6 +189,7 @@ def _train_phase(phase: str, method: str, spec: JobSpec, data: TensorData, teach
         loss_sum = torch.zeros((), device=device)  # accumulated on device: no host sync per step
         term_sums: dict[str, torch.Tensor] = {}
         for i in range(steps_per_epoch):
+            frac_epoch = epoch + i / steps_per_epoch
             if should_stop():
                 raise Cancelled()
             idx = order[i * bs:(i + 1) * bs]
@@ -199,7 +199,7 @@ def _train_phase(phase: str, method: str, spec: JobSpec, data: TensorData, teach
             if device.type == "cuda" and x.ndim == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             with _autocast(device, precision):
-                _, terms = distiller.forward_train(x, y, epoch)
+                _, terms = distiller.forward_train(x, y, frac_epoch)
                 loss = sum(terms.values())
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -223,13 +223,42 @@ def _train_phase(phase: str, method: str, spec: JobSpec, data: TensorData, teach
                "test_loss": ev["loss"], "seconds": round(seconds, 3),
                "eval_seconds": round(time.perf_counter() - t1, 3),
                "losses": {k: round(v.item() / steps_per_epoch, 6) for k, v in term_sums.items()}}
+        if method != "none":
+            t_now, a_now = distiller.coefficients(epoch + 0.5)  # mid-epoch values, for the curves
+            row.update(temperature=round(t_now, 6), alpha=round(a_now, 6))
         history.append(row)
         on_event("epoch", {"phase": phase, **row, "epochs": tr.epochs})
-        state.update(phase=phase, epoch=epoch + 1, student=distiller.student.state_dict(),
+        # the whole distiller: the student plus a method's own modules (regressors, the DML peer)
+        state.update(phase=phase, epoch=epoch + 1, student=distiller.state_dict(),
                      optimizer=opt.state_dict(), scheduler=sched.state_dict(), history=history)
         _save_checkpoint(ckpt_path, state)
     state["history"] = history
-    return distiller.student
+    return distiller
+
+
+def _build_distiller(method: str, spec: JobSpec, student: nn.Module, teachers: list[Teacher], data: TensorData,
+                     device: torch.device) -> Distiller:
+    """The method around the student, set up from a dry run on a few training samples (feature layers
+    found, regressors sized) before the optimizer sees its parameters."""
+    d, info = spec.distillation, data.info
+    extra: dict[str, Any] = {}
+    if method == "dml":
+        arch = d.params.get("peer_architecture") or spec.student.architecture
+        kw = d.params.get("peer_kwargs")
+        kw = dict(spec.student.kwargs if kw is None and arch == spec.student.architecture else kw or {})
+        kw = validate_model_kwargs(arch, kw, num_classes=info.num_classes, in_channels=info.in_channels)
+        extra["peer"] = create_model(arch, num_classes=info.num_classes, in_channels=info.in_channels,
+                                     input_size=info.image_size, **kw).to(device)
+    modules = [t.module for t in teachers] if method != "none" else []
+    weights = [t.weight for t in spec.teachers] if modules else None
+    distiller: Distiller = METHODS.create(method, student, modules, d.temperature, d.alpha, d.params,
+                                          teacher_weights=weights, schedule=d.schedule, epochs=spec.training.epochs,
+                                          **extra)
+    try:
+        distiller.setup(data.x_train[:min(64, data.x_train.shape[0])])
+    except (FeatureError, ValueError) as e:
+        raise JobError("bad_params", f"method {method!r}: {e}") from e
+    return distiller.to(device)
 
 
 def run(spec: JobSpec, data: TensorData, teachers: list[Teacher], workdir: Path,
@@ -267,7 +296,8 @@ def run(spec: JobSpec, data: TensorData, teachers: list[Teacher], workdir: Path,
     teacher_preds = None
     if teachers:
         distiller = METHODS.create(method, nn.Identity(), [t.module for t in teachers],
-                                   spec.distillation.temperature, spec.distillation.alpha, spec.distillation.params)
+                                   spec.distillation.temperature, spec.distillation.alpha, spec.distillation.params,
+                                   teacher_weights=[t.weight for t in spec.teachers])
         t_eval = evaluate(distiller.teacher_logits, data.x_test, data.y_test, device, precision)
         teacher_preds = t_eval.pop("preds")
         done.setdefault("teacher", t_eval)
@@ -275,8 +305,9 @@ def run(spec: JobSpec, data: TensorData, teachers: list[Teacher], workdir: Path,
     for phase, phase_method in phases:
         if phase in done:
             continue
-        student = _train_phase(phase, phase_method, spec, data, teachers, device, precision, state, ckpt_path,
-                               progress, on_event, should_stop)
+        distiller = _train_phase(phase, phase_method, spec, data, teachers, device, precision, state, ckpt_path,
+                                 progress, on_event, should_stop)
+        student = distiller.student
         ev = evaluate(student, data.x_test, data.y_test, device, precision)
         preds = ev.pop("preds")
         result: dict[str, Any] = {"top1": ev["top1"], "top5": ev["top5"], "epochs": state.pop("history")}
@@ -287,6 +318,17 @@ def run(spec: JobSpec, data: TensorData, teachers: list[Teacher], workdir: Path,
             result.update(params=count_params(student), size_bytes=size)
             if teacher_preds is not None:
                 result["agreement"] = round(float((preds == teacher_preds).float().mean().item()), 6)
+            for name, model in distiller.extra_students().items():  # the DML peer
+                arch = spec.distillation.params.get("peer_architecture") or spec.student.architecture
+                kw = spec.distillation.params.get("peer_kwargs")
+                kw = spec.student.kwargs if kw is None and arch == spec.student.architecture else kw or {}
+                e2 = evaluate(model, data.x_test, data.y_test, device, precision)
+                e2.pop("preds")
+                size2 = save_student(model, workdir / f"{name}.safetensors", architecture=arch, kwargs=kw,
+                                     dataset=info, extra={"method": method, "test_top1": e2["top1"],
+                                                          "seed": spec.training.seed})
+                result[name] = {"architecture": arch, "top1": e2["top1"], "top5": e2["top5"],
+                                "params": count_params(model), "size_bytes": size2}
         done[phase] = result
         for k in ("phase", "epoch", "student", "optimizer", "scheduler"):
             state.pop(k, None)
@@ -307,6 +349,9 @@ def build_report(spec: JobSpec, done: dict[str, Any], teachers: list[Teacher], d
         "student": {"architecture": spec.student.architecture, "top1": s["top1"], "top5": s["top5"],
                     "params": s["params"], "size_bytes": s["size_bytes"]},
     }
+    for name in ("peer",):
+        if name in s:
+            report[name] = s[name]
     if teachers:
         t_params = [t.params for t in teachers]
         params = sum(p for p in t_params if p) if all(t_params) else None
@@ -315,6 +360,7 @@ def build_report(spec: JobSpec, done: dict[str, Any], teachers: list[Teacher], d
                              "size_bytes": sum(sizes) if all(sizes) else None}
         if len(teachers) > 1:
             report["teacher"]["count"] = len(teachers)
+            report["teacher"]["weights"] = [t.weight for t in spec.teachers]
         report["agreement"] = s["agreement"]
         report["compression"] = round(params / s["params"], 4) if params else None
         report["temperature"] = spec.distillation.temperature

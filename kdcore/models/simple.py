@@ -1,4 +1,4 @@
-"""Small students: a multi-layer perceptron and LeNet-5."""
+"""Small models: a multi-layer perceptron, LeNet-5 and a plain CNN."""
 from __future__ import annotations
 
 from typing import Annotated, Any
@@ -101,3 +101,41 @@ class LeNet5(nn.Module):
 def lenet5(*, num_classes: int, in_channels: int, **_: Any) -> nn.Module:
     """LeNet-5 (conv6-pool-conv16-pool-fc120-fc84-fc); inputs under 32x32 are zero-padded to 32x32."""
     return LeNet5(in_channels, num_classes)
+
+
+class ConvNetParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    channels: list[Annotated[int, Field(strict=True, gt=0, le=4096)]] = Field(
+        default=[32, 64], min_length=1, max_length=8,
+        description="output channels of each stage (3x3 conv, batch norm, ReLU, 2x2 max-pool)")
+    hidden: Width = Field(default=128, description="width of the hidden fully connected layer")
+
+
+class ConvNet(nn.Module):
+    """A plain CNN for small images: stages `features.<i>` of conv-BN-ReLU-pool, then `head`
+    (global average pool, Linear, ReLU) and the classifier `fc`. Its last stage is the feature block
+    FitNets and AT pair by default."""
+
+    def __init__(self, in_channels: int, num_classes: int, channels: list[int], hidden: int):
+        super().__init__()
+        stages: list[nn.Module] = []
+        c_in = in_channels
+        for c in channels:
+            stages.append(nn.Sequential(nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c),
+                                        nn.ReLU(inplace=True), nn.MaxPool2d(2, ceil_mode=True)))
+            c_in = c
+        self.features = nn.Sequential(*stages)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, hidden), nn.ReLU(inplace=True))
+        self.fc = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.head(self.features(x)))
+
+
+@register_model("convnet", params=ConvNetParams)
+def convnet(*, num_classes: int, in_channels: int, channels: list[int] | None = None, hidden: int = 128,
+            **_: Any) -> nn.Module:
+    """A small, fast CNN (conv stages of `channels`, then `hidden` units): a teacher or student for
+    MNIST-like and CIFAR-like data where an MLP has no spatial features to transfer."""
+    return ConvNet(in_channels, num_classes, [32, 64] if channels is None else list(channels), hidden)
