@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import errors
-from api.routes import artifacts, catalog, health, jobs
+from api.routes import artifacts, catalog, chains, health, jobs
 from api.settings import Settings, get_settings
 from worker.artifacts import ArtifactStore
 from worker.celery_app import make_celery
@@ -38,6 +38,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.celery = make_celery(settings)
     app.state.keys = settings.tenants_by_key()
     errors.install(app)
-    for module in (health, catalog, artifacts, jobs):
+    for module in (health, catalog, artifacts, jobs, chains):
         app.include_router(module.router)
     return app

@@ -39,6 +39,8 @@ class JobPublic(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict, description="latest per-epoch values")
     error: JobError | None = None
     report: dict[str, Any] | None = Field(None, description="when succeeded: the final report")
+    waiting_for: list[str] = Field(default_factory=list, description="while queued: teacher jobs it waits for "
+                                   "(it is enqueued when they have succeeded, and fails if one fails)")
     links: dict[str, str] = Field(default_factory=dict)
 
     @classmethod
@@ -52,7 +54,8 @@ class JobPublic(BaseModel):
         return cls(id=jid, name=rec.get("name") or None, status=rec["status"], created_at=rec["created_at"],
                    started_at=rec.get("started_at"), finished_at=rec.get("finished_at"), queue=rec["queue"],
                    attempts=rec.get("attempts", 0), spec=rec["spec"], progress=Progress(**(rec.get("progress") or {})),
-                   metrics=rec.get("metrics") or {}, error=rec.get("error"), report=rec.get("report"), links=links)
+                   metrics=rec.get("metrics") or {}, error=rec.get("error"), report=rec.get("report"),
+                   waiting_for=rec.get("waiting_for") or [] if rec["status"] == "queued" else [], links=links)
 
 
 class JobList(BaseModel):

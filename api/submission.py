@@ -34,8 +34,19 @@ def _dataset(spec: JobSpec, tenant: str, store: JobStore, errors: list[dict]) ->
         return None
 
 
+def pending_teacher_jobs(spec: JobSpec, tenant: str, store: JobStore) -> list[str]:
+    """Teacher jobs of this spec that have not succeeded yet: the job waits for them."""
+    out = []
+    for t in spec.teachers:
+        rec = store.get_job(t.job, tenant) if t.job else None
+        if rec is not None and rec["status"] != "succeeded":
+            out.append(rec["id"])
+    return out
+
+
 def check_submission(spec: JobSpec, tenant: str, store: JobStore, artifacts: ArtifactStore) -> None:
-    """Raises a 422 Problem listing every problem found; returns quietly when the job can run."""
+    """Raises a 422 Problem listing every problem found; returns quietly when the job can run now or
+    once its (queued or running) teacher jobs have succeeded."""
     errors: list[dict] = []
     info = _dataset(spec, tenant, store, errors)
     if info is not None:
@@ -50,9 +61,16 @@ def check_submission(spec: JobSpec, tenant: str, store: JobStore, artifacts: Art
             if rec is None:
                 errors.append({"loc": [*base, "job"], "msg": f"no job {t.job}"})
                 continue
-            if rec["status"] != "succeeded":
+            if rec["status"] in ("failed", "cancelled", "cancelling"):
                 errors.append({"loc": [*base, "job"], "msg": f"teacher job {t.job} is {rec['status']}; "
-                               "it must have succeeded"})
+                               "it must succeed (or still be queued or running) to teach"})
+                continue
+            if rec["status"] != "succeeded":  # the job waits for it; check what can be checked now
+                t_data = (rec.get("spec") or {}).get("dataset") or {}
+                if info is not None and t_data.get("name") != info.name:
+                    errors.append({"loc": [*base, "job"], "msg": f"teacher job {t.job} trains on "
+                                   f"{t_data.get('name')}, not {info.name}; it can teach only once it has "
+                                   "succeeded and its classes can be checked"})
                 continue
             path = artifacts.job_output(t.job, "student.safetensors")
             if path is None:

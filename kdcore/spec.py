@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from kdcore.datasets import DATASETS
 from kdcore.methods import METHODS
@@ -109,14 +109,23 @@ class DistillationSpec(BaseModel):
     def _method_known(cls, v: str) -> str:
         return _known(METHODS, v)
 
-    @model_validator(mode="after")
-    def _params_valid(self) -> DistillationSpec:
-        model = METHODS.get(self.method).meta.get("params")
-        if model is not None:
-            self.params = model.model_validate(self.params).model_dump()
-        elif self.params:
-            raise ValueError(f"method {self.method!r} takes no params")
-        return self
+    @field_validator("params")
+    @classmethod
+    def _params_valid(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        method = info.data.get("method")
+        if method is None:  # the method itself was invalid; that error is the one to read
+            return v
+        model = METHODS.get(method).meta.get("params")
+        if model is None:
+            if v:
+                raise ValueError(f"method {method!r} takes no params")
+            return v
+        try:
+            return model.model_validate(v).model_dump()
+        except ValidationError as e:  # keep the parameter's own path in the message
+            raise ValueError("; ".join(
+                f"{'.'.join(str(x) for x in err['loc']) or 'params'}: {err['msg'].removeprefix('Value error, ')}"
+                for err in e.errors())) from None
 
 
 class TrainingSpec(BaseModel):

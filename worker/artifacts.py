@@ -11,6 +11,7 @@ from pathlib import Path
 # What a finished job offers for download, with the media type each is served as.
 JOB_OUTPUTS = {
     "student.safetensors": "application/octet-stream",
+    "peer.safetensors": "application/octet-stream",  # method dml: the second student
     "report.json": "application/json",
     "curves.png": "image/png",
 }

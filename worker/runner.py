@@ -22,6 +22,7 @@ from kdcore.registry import UnknownNameError
 from kdcore.spec import JobSpec, TeacherSpec
 from kdcore.train import Cancelled, JobError, Teacher, resolve_device, run
 from worker.artifacts import ArtifactStore
+from worker.dependencies import celery_sender, enqueue_ready
 from worker.store import TERMINAL, JobStore, now_iso
 
 log = logging.getLogger("distillery.worker")
@@ -124,10 +125,19 @@ def execute(job_id: str, settings: Settings | None = None, store: JobStore | Non
             store.add_event(job_id, "log", {"message": f"attempt {attempt}: resuming after a lost worker"})
         watcher.start()
         outcome = _run(job_id, rec, store, arts, settings, watcher)
+        _release_dependents(store)
         return outcome
     finally:
         watcher.done.set()
         store.release_lease(job_id, token)
+
+
+def _release_dependents(store: JobStore) -> None:
+    """Jobs waiting for this one (it was their teacher) start now rather than at the next heartbeat."""
+    try:
+        enqueue_ready(store, celery_sender())
+    except Exception as e:  # the heartbeat's sweep will do it
+        log.warning("releasing waiting jobs: %s", e)
 
 
 def _run(job_id: str, rec: dict[str, Any], store: JobStore, arts: ArtifactStore, settings: Settings,

@@ -13,8 +13,11 @@ Keys (prefix `kd:`):
   lease:{id}          the worker token holding the job (SET NX with expiry, renewed while it runs)
   idem:{tenant}:{key} job id submitted under an Idempotency-Key
   artifact:{id}       hash: id, tenant, filename, sha256, size, format, meta, path, created_at
-  worker:{name}       heartbeat of a live worker (JSON with its queues), expiring
+  worker:{name}       heartbeat of a live worker (JSON with its queues), expiring; refreshed only when the
+                      worker's consumer has taken a ping off the broker (worker/heartbeat.py)
+  workers:seen        hash: worker name -> unix time of its last heartbeat (to name workers gone stale)
   active              ids of jobs that started and have not ended (to find those whose worker died)
+  waiting             ids of queued jobs held back until their teacher jobs succeed (not yet enqueued)
 """
 from __future__ import annotations
 
@@ -26,12 +29,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 P = "kd:"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 STATES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
 EVENTS_MAXLEN = 20000
-JSON_FIELDS = ("spec", "progress", "metrics", "error", "report")
+JSON_FIELDS = ("spec", "progress", "metrics", "error", "report", "waiting_for")
 
 # KEYS[1] job hash; ARGV: new status, allowed current statuses (comma-separated), then field/value pairs.
 # Returns 1 when the status changed, 0 when the current status was not allowed (nothing written).
@@ -51,8 +56,13 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+# Renewing also re-takes a lease that vanished while nobody else took it (Redis restarted after the
+# key's expiry time passed, or the worker was paused past it): the job is still ours as long as no
+# other delivery holds the lease, and stopping a healthy run there would waste its epoch.
 _RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if not cur then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
 return 0
 """
 
@@ -74,15 +84,21 @@ class JobStore:
 
     @classmethod
     def from_url(cls, url: str) -> JobStore:
-        # socket_timeout must exceed the longest blocking XREAD (server-sent events block for 5 s)
+        # socket_timeout must exceed the longest blocking XREAD (server-sent events block for 5 s). The retry
+        # rides over a Redis restart (a few seconds to reload its AOF): a command on a dropped connection
+        # reconnects and is sent again instead of failing the request or the job.
         return cls(redis.Redis.from_url(url, decode_responses=True, health_check_interval=30, socket_timeout=30,
-                                        socket_connect_timeout=5, socket_keepalive=True, retry_on_timeout=True))
+                                        socket_connect_timeout=5, socket_keepalive=True,
+                                        retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=8),
+                                        retry_on_error=[redis.ConnectionError, redis.TimeoutError]))
 
     # ---- job records -------------------------------------------------------------------------
     def create_job(self, tenant: str, spec: dict[str, Any], queue: str, name: str | None = None,
-                   idempotency_key: str | None = None) -> tuple[dict[str, Any], bool]:
+                   idempotency_key: str | None = None, wait_for: Iterable[str] = ()) -> tuple[dict[str, Any], bool]:
         """Writes a queued record; returns (record, created). With an Idempotency-Key already used by
-        this tenant, returns the earlier job and created=False."""
+        this tenant, returns the earlier job and created=False. With `wait_for` (teacher job ids that
+        have not succeeded yet) the job is held in `waiting` and enqueued once they have succeeded."""
+        wait_for = list(wait_for)
         job_id = new_id("job")
         if idempotency_key:
             key = f"{P}idem:{tenant}:{idempotency_key}"
@@ -101,6 +117,12 @@ class JobStore:
             pipe.zadd(f"{P}jobs:{tenant}", {job_id: created})
             pipe.xadd(self._events_key(job_id), {"type": "status", "data": json.dumps({"status": "queued"}),
                                                  "ts": fields["created_at"]}, maxlen=EVENTS_MAXLEN)
+            if wait_for:
+                pipe.hset(f"{P}job:{job_id}", "waiting_for", json.dumps(wait_for))
+                pipe.sadd(f"{P}waiting", job_id)
+                pipe.xadd(self._events_key(job_id), {"type": "log", "ts": fields["created_at"], "data": json.dumps(
+                    {"message": f"waiting for teacher job(s) {', '.join(wait_for)} to succeed"})},
+                    maxlen=EVENTS_MAXLEN)
             pipe.execute()
         return self.get_job(job_id), True  # type: ignore[return-value]
 
@@ -211,6 +233,37 @@ class JobStore:
                 out.append((job_id, queue or "cpu"))
         return out
 
+    def ready_waiting(self) -> list[tuple[str, str]]:
+        """(id, queue) of held-back jobs whose teacher jobs have all succeeded, to be enqueued now.
+
+        A held-back job whose teacher job failed or was cancelled fails here (`teacher_failed`), and
+        so, on the next call, do the jobs that wait on it. The caller enqueues each ready job and then
+        calls `release_waiting`; should it die in between, the next sweep sends the job again, and a
+        second message for a job is harmless (lease, terminal check)."""
+        out = []
+        for job_id in self.r.smembers(f"{P}waiting"):
+            rec = self.get_job(job_id)
+            if rec is None or rec["status"] != "queued":
+                self.r.srem(f"{P}waiting", job_id)
+                continue
+            deps = rec.get("waiting_for") or []
+            statuses = {d: self.r.hget(f"{P}job:{d}", "status") for d in deps}
+            bad = {d: st for d, st in statuses.items() if st in ("failed", "cancelled") or st is None}
+            if bad:
+                d, st = next(iter(bad.items()))
+                self.transition(job_id, "failed", ["queued"], finished_at=now_iso(), error={
+                    "code": "teacher_failed", "message": f"teacher job {d} {st or 'is gone'}; this job needs its "
+                    "student as a teacher and cannot run"})
+                self.r.srem(f"{P}waiting", job_id)
+            elif all(st == "succeeded" for st in statuses.values()):
+                out.append((job_id, rec.get("queue") or "cpu"))
+        return out
+
+    def release_waiting(self, job_id: str) -> None:
+        self.r.hdel(f"{P}job:{job_id}", "waiting_for")
+        self.r.srem(f"{P}waiting", job_id)
+        self.add_event(job_id, "log", {"message": "teacher job(s) succeeded; the job is enqueued"})
+
     # ---- artifacts --------------------------------------------------------------------------
     def put_artifact(self, meta: dict[str, Any]) -> None:
         self.r.hset(f"{P}artifact:{meta['id']}", mapping={k: json.dumps(v) for k, v in meta.items()})
@@ -225,8 +278,32 @@ class JobStore:
         return meta
 
     # ---- workers ----------------------------------------------------------------------------
-    def heartbeat(self, name: str, queues: list[str], ttl_s: float) -> None:
-        self.r.set(f"{P}worker:{name}", json.dumps({"queues": queues, "ts": now_iso()}), px=int(ttl_s * 1000))
+    def heartbeat(self, name: str, queues: list[str], ttl_s: float, **info: Any) -> None:
+        with self.r.pipeline() as pipe:
+            pipe.set(f"{P}worker:{name}", json.dumps({"queues": queues, "ts": now_iso(), **info}),
+                     px=int(ttl_s * 1000))
+            pipe.hset(f"{P}workers:seen", name, time.time())
+            pipe.execute()
+
+    def remove_worker(self, name: str) -> None:
+        """A worker that shuts down cleanly leaves: it is neither live nor stale."""
+        self.r.delete(f"{P}worker:{name}")
+        self.r.hdel(f"{P}workers:seen", name)
+
+    def stale_workers(self, forget_after_s: float = 600.0) -> dict[str, float]:
+        """Workers that sent heartbeats but stopped (killed, frozen, or no longer consuming): name ->
+        seconds since their last one. Those silent for longer than `forget_after_s` are forgotten."""
+        out = {}
+        now = time.time()
+        for name, ts in self.r.hgetall(f"{P}workers:seen").items():
+            age = now - float(ts)
+            if self.r.exists(f"{P}worker:{name}"):
+                continue
+            if age > forget_after_s:
+                self.r.hdel(f"{P}workers:seen", name)
+            else:
+                out[name] = round(age, 1)
+        return out
 
     def live_workers(self) -> dict[str, dict[str, Any]]:
         out = {}

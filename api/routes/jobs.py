@@ -5,16 +5,18 @@ import json
 from collections.abc import Iterator
 from typing import Annotated
 
+from celery import Celery
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
 from api.deps import ArtifactsDep, StoreDep, TenantDep
 from api.errors import Problem
 from api.schemas import EventList, JobList, JobPublic, JobStatus
-from api.submission import check_submission
+from api.submission import check_submission, pending_teacher_jobs
 from kdcore.spec import JobSpec
 from worker.artifacts import JOB_OUTPUTS
 from worker.celery_app import RUN_JOB
+from worker.dependencies import enqueue_ready
 from worker.store import TERMINAL, JobStore, now_iso
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -45,17 +47,30 @@ def submit(spec: JobSpec, request: Request, response: Response, tenant: TenantDe
            artifacts: ArtifactsDep,
            idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> JobPublic:
     check_submission(spec, tenant, store, artifacts)
+    rec = create_and_enqueue(spec, tenant, store, request.app.state.celery, idempotency_key)
+    response.headers["Location"] = f"/v1/jobs/{rec['id']}"
+    return JobPublic.from_record(rec)
+
+
+def create_and_enqueue(spec: JobSpec, tenant: str, store: JobStore, celery: Celery,
+                       idempotency_key: str | None = None) -> dict:
+    """Writes the job record, then enqueues its id; a job whose teacher jobs have not succeeded yet is
+    held back instead (worker.dependencies enqueues it when they have)."""
     queue = _queue(spec, store)
-    rec, created = store.create_job(tenant, spec.model_dump(mode="json"), queue, spec.name, idempotency_key)
+    wait_for = pending_teacher_jobs(spec, tenant, store)
+    rec, created = store.create_job(tenant, spec.model_dump(mode="json"), queue, spec.name, idempotency_key,
+                                    wait_for=wait_for)
     if created:
         try:
-            request.app.state.celery.send_task(RUN_JOB, args=[rec["id"]], queue=queue)
+            if wait_for:  # the teachers may have ended between the check and the write
+                enqueue_ready(store, lambda job_id, q: celery.send_task(RUN_JOB, args=[job_id], queue=q))
+            else:
+                celery.send_task(RUN_JOB, args=[rec["id"]], queue=queue)
         except Exception as e:  # the broker is away: say so rather than leave a job queued forever
             store.transition(rec["id"], "failed", ["queued"], finished_at=now_iso(),
                              error={"code": "enqueue_failed", "message": f"could not enqueue: {e}"})
             raise Problem(503, f"the queue is unavailable ({e}); the job was not accepted") from e
-    response.headers["Location"] = f"/v1/jobs/{rec['id']}"
-    return JobPublic.from_record(rec)
+    return store.get_job(rec["id"]) or rec
 
 
 @router.get("", response_model=JobList, summary="List jobs, newest first")

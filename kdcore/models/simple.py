@@ -114,7 +114,7 @@ class ConvNetParams(BaseModel):
 
 class ConvNet(nn.Module):
     """A plain CNN for small images: stages `features.<i>` of conv-BN-ReLU-pool, then `head`
-    (global average pool, Linear, ReLU) and the classifier `fc`. Its last stage is the feature block
+    (average pool to 3x3, Linear, ReLU) and the classifier `fc`. Its last stage is the feature block
     FitNets and AT pair by default."""
 
     def __init__(self, in_channels: int, num_classes: int, channels: list[int], hidden: int):
@@ -126,7 +126,9 @@ class ConvNet(nn.Module):
                                         nn.ReLU(inplace=True), nn.MaxPool2d(2, ceil_mode=True)))
             c_in = c
         self.features = nn.Sequential(*stages)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, hidden), nn.ReLU(inplace=True))
+        # pooling to 3x3 rather than 1x1 keeps where a stroke is, which digits need; any input size works
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(3), nn.Flatten(), nn.Linear(c_in * 9, hidden),
+                                  nn.ReLU(inplace=True))
         self.fc = nn.Linear(hidden, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
