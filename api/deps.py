@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from api.errors import Problem
+from api.quotas import Quotas
 from api.settings import Settings
 from worker.artifacts import ArtifactStore
 from worker.store import JobStore
@@ -22,6 +23,15 @@ def get_store(request: Request) -> JobStore:
 
 def get_artifacts(request: Request) -> ArtifactStore:
     return request.app.state.artifacts
+
+
+def get_quotas(request: Request) -> Quotas:
+    quotas = getattr(request.app.state, "quotas", None)
+    if quotas is None:  # made on first use, on the store's Redis client
+        settings: Settings = request.app.state.settings
+        quotas = request.app.state.quotas = Quotas(request.app.state.store.r, settings.max_active_jobs_per_tenant,
+                                                   settings.max_tenant_upload_bytes)
+    return quotas
 
 
 def get_tenant(request: Request) -> str:
@@ -42,3 +52,4 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 ArtifactsDep = Annotated[ArtifactStore, Depends(get_artifacts)]
 TenantDep = Annotated[str, Depends(get_tenant)]
+QuotasDep = Annotated[Quotas, Depends(get_quotas)]

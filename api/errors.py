@@ -6,11 +6,44 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM = "application/problem+json"
 TITLES = {400: "Bad request", 401: "Unauthorized", 404: "Not found", 409: "Conflict", 413: "Payload too large",
           415: "Unsupported media type", 422: "Invalid input", 429: "Too many requests", 503: "Unavailable"}
+
+
+class ProblemFieldError(BaseModel):
+    loc: list[str | int] = Field(description="where: body|query|path|header, then the field's path")
+    msg: str
+    type: str | None = None
+
+
+class ProblemDetail(BaseModel):
+    """RFC 9457 problem document: every error answer has this shape."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    errors: list[ProblemFieldError] | None = Field(None, description="for 422: one entry per bad field")
+
+
+DESCRIPTIONS = {400: "malformed request", 401: "no API key, or an unknown one", 404: "no such resource for this tenant",
+                409: "conflicts with the resource's state", 413: "too large for a limit; `detail` names it",
+                415: "wrong Content-Type", 422: "invalid input; `errors` names each field",
+                429: "a tenant limit is reached; see Retry-After", 503: "a dependency (Redis, the queue) is away"}
+
+
+def problems(*codes: int, **descriptions: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these error codes, each a problem+json document; pass e.g.
+    `_409="already ended"` to say what a code means for one route."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        out[code] = {"description": descriptions.get(f"_{code}", DESCRIPTIONS.get(code, TITLES.get(code, "error"))),
+                     "content": {PROBLEM: {"schema": {"$ref": "#/components/schemas/ProblemDetail"}}}}
+    return out
 
 
 class Problem(Exception):
@@ -40,7 +73,26 @@ def _clean_msg(msg: str) -> str:
     return msg.removeprefix("Value error, ")
 
 
+def _with_problem_schemas(app: FastAPI) -> None:
+    """`problems()` refers to ProblemDetail by $ref: put it (and what it uses) into the schema's components."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = build()
+        defs = ProblemDetail.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(defs.pop("$defs", {}))
+        components["ProblemDetail"] = defs
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install(app: FastAPI) -> None:
+    _with_problem_schemas(app)
+
     @app.exception_handler(Problem)
     async def _problem(_: Request, exc: Problem) -> JSONResponse:
         return problem_response(exc.status, exc.detail, exc.errors, exc.headers)

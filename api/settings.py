@@ -21,6 +21,10 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = Field(None, description="file with one `key tenant` pair a line")
     max_upload_bytes: int = Field(2 * 1024**3, ge=1)
     max_body_bytes: int = Field(1024**2, ge=1, description="largest JSON body accepted")
+    max_active_jobs_per_tenant: int | None = Field(None, ge=1, description="queued + running jobs a tenant may "
+                                                   "have at once; more answer 429 (unset: no limit)")
+    max_tenant_upload_bytes: int | None = Field(None, ge=1, description="bytes of uploads a tenant may store in "
+                                                "all; more answer 413 (unset: no limit)")
     lease_ttl_s: int = Field(60, ge=5, description="a job's lease lapses this long after its worker died")
     visibility_timeout_s: int = Field(7 * 24 * 3600, ge=60, description="broker re-delivery of unacked messages; "
                                       "longer than the longest job")

@@ -397,6 +397,13 @@ def _inspect_zip(path: Path, filename: str) -> dict[str, Any]:
         infos = zf.infolist()
     if len(infos) > _MAX_ZIP_MEMBERS:
         raise CheckpointError(f"{filename!r} holds {len(infos)} entries; at most {_MAX_ZIP_MEMBERS} are accepted")
+    for info in infos:
+        # members are read into memory, never extracted; a name that would climb out of a folder if someone
+        # did extract the archive still says the file was made to attack, so it is refused outright
+        parts = info.filename.replace("\\", "/").split("/")
+        if info.filename.startswith(("/", "\\")) or ".." in parts or (parts[0][1:2] == ":"):
+            raise CheckpointError(f"{filename!r} holds an entry with an unsafe path ({info.filename!r}): "
+                                  "absolute paths and '..' are not accepted")
     total = sum(i.file_size for i in infos)
     packed = max(1, sum(i.compress_size for i in infos))
     if total > _MAX_UNZIPPED_BYTES or total / packed > _MAX_ZIP_RATIO:

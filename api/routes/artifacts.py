@@ -1,70 +1,94 @@
 """Uploads: teacher checkpoints and dataset files, stored under ids we generate."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
-from typing import Annotated
 
-from fastapi import APIRouter, File, Request, UploadFile
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
 
-from api.deps import ArtifactsDep, SettingsDep, StoreDep, TenantDep
-from api.errors import Problem, invalid
+from api.deps import ArtifactsDep, QuotasDep, SettingsDep, StoreDep, TenantDep
+from api.errors import Problem, invalid, problems
 from api.schemas import ArtifactPublic
-from kdcore.checkpoints import CheckpointError, detect_format, inspect_upload
+from api.upload_stream import receive_file
+from kdcore.checkpoints import EXTENSIONS, CheckpointError, detect_format, inspect_upload
 from kdcore.datasets import DatasetError, inspect_imagefolder, inspect_npz
 from worker.store import new_id, now_iso
 
 router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
-CHUNK = 1 << 20
 # Uploads that are datasets (kdcore.checkpoints.DATASET_FORMATS): checked as data (shapes, labels, images) on arrival.
 DATASET_INSPECTORS = {"npz": inspect_npz, "imagefolder": inspect_imagefolder}
 
 
-@router.post("", status_code=201, response_model=ArtifactPublic,
-             summary="Upload a teacher checkpoint (.safetensors, .pt/.pth state dict, .pt2, .onnx) or a dataset "
-                     "(.npz, or a .zip of train/<class>/ and test/<class>/ image folders)",
-             responses={413: {"description": "larger than KD_MAX_UPLOAD_BYTES"},
-                        422: {"description": "not a readable checkpoint or dataset"}})
-def upload(request: Request, file: Annotated[UploadFile, File(description="the file")], tenant: TenantDep,
-           store: StoreDep, artifacts: ArtifactsDep, settings: SettingsDep) -> ArtifactPublic:
-    limit = settings.max_upload_bytes
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
-        raise Problem(413, f"upload of {declared} bytes exceeds the limit of {limit} bytes")
-    filename = Path(file.filename or "upload").name
-    head = file.file.read(64)
-    file.file.seek(0)
+UPLOAD_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"],
+    "properties": {"file": {"type": "string", "format": "binary", "description": "the file; its name's extension "
+                            "says its format (the rest of the name is not used)"}}}}}}
+
+
+def _check_head(filename: str, head: bytes) -> None:
+    """Refuses a wrong extension as soon as the part's headers arrive, and a wrong magic number as
+    soon as the first bytes do, before the rest of the file is read."""
     try:
-        fmt = detect_format(filename, head)
+        if head:
+            detect_format(filename, head)
+        elif Path(filename).suffix.lower() not in EXTENSIONS:
+            detect_format(filename, b"?")  # raises the message that lists the accepted types
     except CheckpointError as e:
         raise invalid(("body", "file"), str(e)) from e
-    art_id = new_id("art")
-    dest = artifacts.upload_path(art_id, Path(filename).suffix.lower())
-    sha, size = hashlib.sha256(), 0
+
+
+def _inspect(path: Path, filename: str) -> dict:
+    """Reads the file's header (never builds or runs a model); datasets are checked as data."""
     try:
-        with open(dest, "wb") as out:
-            while chunk := file.file.read(CHUNK):
-                size += len(chunk)
-                if size > limit:
-                    raise Problem(413, f"upload exceeds the limit of {limit} bytes")
-                sha.update(chunk)
-                out.write(chunk)
-        try:
-            meta = inspect_upload(dest, filename)
-            if fmt in DATASET_INSPECTORS:
-                meta["dataset"] = DATASET_INSPECTORS[fmt](dest).describe()
-        except (CheckpointError, DatasetError) as e:
-            raise invalid(("body", "file"), str(e)) from e
+        meta = inspect_upload(path, filename)
+        if meta["format"] in DATASET_INSPECTORS:
+            meta["dataset"] = DATASET_INSPECTORS[meta["format"]](path).describe()
+    except (CheckpointError, DatasetError) as e:
+        raise invalid(("body", "file"), str(e)) from e
+    return meta
+
+
+@router.post("", status_code=201, response_model=ArtifactPublic, openapi_extra={"requestBody": UPLOAD_BODY},
+             summary="Upload a teacher checkpoint (.safetensors, .pt/.pth state dict, .pt2, .onnx) or a dataset "
+                     "(.npz, or a .zip of train/<class>/ and test/<class>/ image folders)",
+             description="The body streams to disk under an id the service generates (the client's file name is "
+                         "kept only as a label) and is hashed (sha256) on the way. It stops with 413 as soon as it "
+                         "passes `KD_MAX_UPLOAD_BYTES` or the tenant's `KD_MAX_TENANT_UPLOAD_BYTES`. Nothing in an "
+                         "upload is executed: pickles are read with torch's weights-only loader, .pt2 programs "
+                         "are vetted before loading, archives are checked for traversal and bombs.",
+             responses=problems(400, 401, 413, 415, 422))
+async def upload(request: Request, tenant: TenantDep, store: StoreDep, artifacts: ArtifactsDep,
+                 settings: SettingsDep, quotas: QuotasDep) -> ArtifactPublic:
+    art_id = new_id("art")
+
+    def open_dest(filename: str) -> Path:
+        return artifacts.upload_path(art_id, Path(filename).suffix.lower())
+
+    def charge(n: int) -> None:
+        quotas.reserve_bytes(tenant, art_id, n)
+
+    received = None
+    try:
+        received = await receive_file(request, "file", settings.max_upload_bytes, open_dest, charge, _check_head)
+        meta = await run_in_threadpool(_inspect, received.path, received.filename)
+        record = {"id": art_id, "tenant": tenant, "filename": received.filename, "sha256": received.sha256,
+                  "size": received.size, "format": meta["format"], "created_at": now_iso(),
+                  "path": str(received.path), "meta": meta}
+
+        def commit() -> None:
+            quotas.commit_bytes(tenant, art_id, received.size)
+            store.put_artifact(record)
+
+        await run_in_threadpool(commit)
     except BaseException:
-        dest.unlink(missing_ok=True)
+        if received is not None:
+            received.path.unlink(missing_ok=True)
+        await run_in_threadpool(quotas.release_bytes, tenant, art_id)
         raise
-    record = {"id": art_id, "tenant": tenant, "filename": filename, "sha256": sha.hexdigest(), "size": size,
-              "format": meta.get("format", fmt), "created_at": now_iso(), "path": str(dest), "meta": meta}
-    store.put_artifact(record)
     return ArtifactPublic(**record)
 
 
-@router.get("/{art_id}", response_model=ArtifactPublic, summary="An upload's metadata")
+@router.get("/{art_id}", response_model=ArtifactPublic, summary="An upload's metadata", responses=problems(401, 404))
 def get_artifact(art_id: str, tenant: TenantDep, store: StoreDep) -> ArtifactPublic:
     meta = store.get_artifact(art_id, tenant)
     if meta is None:

@@ -12,9 +12,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from api.deps import ArtifactsDep, StoreDep, TenantDep
+from api.deps import ArtifactsDep, QuotasDep, StoreDep, TenantDep
 from api.errors import Problem
-from api.routes.jobs import create_and_enqueue
+from api.routes.jobs import create_and_enqueue, job_slots
 from api.schemas import JobPublic
 from api.submission import check_submission
 from kdcore.datasets import DatasetError, dataset_info
@@ -90,7 +90,7 @@ def _links(chain: ChainCreate) -> list[JobSpec]:
                          "link before; follow each as a job. `Location` names the last link.",
              responses={422: {"description": "invalid chain; `errors` names each field"}})
 def submit_chain(chain: ChainCreate, request: Request, response: Response, tenant: TenantDep, store: StoreDep,
-                 artifacts: ArtifactsDep,
+                 artifacts: ArtifactsDep, quotas: QuotasDep,
                  idempotency_key: Annotated[str | None, Header(max_length=180)] = None) -> ChainPublic:
     specs = _links(chain)
     check_submission(specs[0], tenant, store, artifacts)  # the given teacher against the data
@@ -109,10 +109,13 @@ def submit_chain(chain: ChainCreate, request: Request, response: Response, tenan
             raise Problem(422, "; ".join(f"{'.'.join(str(x) for x in e['loc'][1:])}: {e['msg']}"
                                          for e in errors), errors)
     jobs: list[dict[str, Any]] = []
-    for i, spec in enumerate(specs):
-        if i > 0:
-            spec = spec.model_copy(update={"teacher": TeacherSpec(job=jobs[-1]["id"])})
-        key = f"{idempotency_key}:{i}" if idempotency_key else None
-        jobs.append(create_and_enqueue(spec, tenant, store, request.app.state.celery, key))
+    # every link counts against the tenant's open-job limit: all of them are admitted, or none (429)
+    with job_slots(quotas, store, tenant, len(specs), f"{idempotency_key}:0" if idempotency_key else None) as slots:
+        for i, spec in enumerate(specs):
+            if i > 0:
+                spec = spec.model_copy(update={"teacher": TeacherSpec(job=jobs[-1]["id"])})
+            key = f"{idempotency_key}:{i}" if idempotency_key else None
+            jobs.append(create_and_enqueue(spec, tenant, store, request.app.state.celery, key))
+            slots.bind(jobs[-1]["id"])
     response.headers["Location"] = f"/v1/jobs/{jobs[-1]['id']}"
     return ChainPublic(jobs=[JobPublic.from_record(j) for j in jobs])

@@ -9,15 +9,16 @@ from celery import Celery
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
-from api.deps import ArtifactsDep, StoreDep, TenantDep
+from api.deps import ArtifactsDep, QuotasDep, StoreDep, TenantDep
 from api.errors import Problem
+from api.quotas import Quotas
 from api.schemas import EventList, JobList, JobPublic, JobStatus
 from api.submission import check_submission, pending_teacher_jobs
 from kdcore.spec import JobSpec
 from worker.artifacts import JOB_OUTPUTS
 from worker.celery_app import RUN_JOB
 from worker.dependencies import enqueue_ready
-from worker.store import TERMINAL, JobStore, now_iso
+from worker.store import TERMINAL, JobStore, P, now_iso
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 SSE_BLOCK_MS = 5000
@@ -44,12 +45,21 @@ def _queue(spec: JobSpec, store: JobStore) -> str:
                          "With the same `Idempotency-Key` a second submit returns the first job.",
              responses={422: {"description": "invalid spec; `errors` names each field"}})
 def submit(spec: JobSpec, request: Request, response: Response, tenant: TenantDep, store: StoreDep,
-           artifacts: ArtifactsDep,
+           artifacts: ArtifactsDep, quotas: QuotasDep,
            idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> JobPublic:
     check_submission(spec, tenant, store, artifacts)
-    rec = create_and_enqueue(spec, tenant, store, request.app.state.celery, idempotency_key)
+    with job_slots(quotas, store, tenant, 1, idempotency_key) as slots:
+        rec = create_and_enqueue(spec, tenant, store, request.app.state.celery, idempotency_key)
+        slots.bind(rec["id"])
     response.headers["Location"] = f"/v1/jobs/{rec['id']}"
     return JobPublic.from_record(rec)
+
+
+def job_slots(quotas: Quotas, store: JobStore, tenant: str, count: int, idempotency_key: str | None):
+    """The tenant's open-job limit (429 past it). A replay of an Idempotency-Key already used needs no
+    slot: it answers the earlier job, even when the tenant is at its limit."""
+    replay = bool(idempotency_key) and store.r.exists(f"{P}idem:{tenant}:{idempotency_key}")
+    return quotas.job_slots(tenant, 0 if replay else count)
 
 
 def create_and_enqueue(spec: JobSpec, tenant: str, store: JobStore, celery: Celery,
