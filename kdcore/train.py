@@ -8,11 +8,13 @@ only through `should_stop()`.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,12 +24,16 @@ from torch import nn
 
 from kdcore.checkpoints import save_student
 from kdcore.datasets import TensorData, augment_batch
-from kdcore.evaluate import evaluate
+from kdcore.divergence import Diverged, check_divergence
+from kdcore.evaluate import evaluate, score
 from kdcore.features import FeatureError
-from kdcore.methods import METHODS, Distiller
+from kdcore.losses import teacher_log_probs
+from kdcore.methods import METHODS, Distiller, TeacherOutput
 from kdcore.models import count_params, create_model, validate_model_kwargs
 from kdcore.report import plot_curves
 from kdcore.spec import JobSpec
+from kdcore.teacher_cache import DEFAULT_MAX_BYTES, OFF_AUGMENT, OFF_DISABLED, CacheResult, TeacherCache
+from kdcore.teacher_cache import module_digest, module_signature
 
 EventFn = Callable[[str, dict[str, Any]], None]
 CHECKPOINT = "checkpoint.pt"
@@ -52,6 +58,19 @@ class Teacher:
     params: int | None = None
     size_bytes: int | None = None
     label: str = "teacher"
+    # sha256 of the file the weights came from (upload or earlier job's student): names the teacher in the
+    # teacher-output cache key; without it the weights themselves are hashed
+    checksum: str | None = None
+
+    def cache_id(self) -> str | None:
+        """Identity for the teacher-output cache: checksum (or weight digest) plus architecture signature;
+        None for a module with no checksum and no weights to hash (its outputs are cached for one job only)."""
+        sig = module_signature(self.module)
+        if self.checksum:
+            return f"{self.checksum}:{sig}"
+        if not any(isinstance(t, torch.Tensor) for t in self.module.state_dict().values()):
+            return None
+        return f"weights-{module_digest(self.module)}:{sig}"
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -74,9 +93,28 @@ def resolve_precision(requested: str, device: torch.device) -> str:
     return "fp32"
 
 
-def _autocast(device: torch.device, precision: str) -> torch.autocast:
+def _autocast(device: torch.device, precision: str) -> AbstractContextManager[Any]:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+    # fp32: no autocast object at all (entering a disabled one still costs per step)
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def sane_threads() -> int:
+    """Caps torch's intra-op threads at the CPUs this process may use (affinity and cgroup quota).
+
+    torch sizes its pool from the host's cores; in a container limited to fewer CPUs the extra OpenMP
+    threads wait on each other at every small matmul, which costs far more than they bring.
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    if torch.get_num_threads() > cpus:
+        torch.set_num_threads(cpus)
+    return torch.get_num_threads()
 
 
 def _lr_lambda(kind: str, total_steps: int, steps_per_epoch: int, epochs: int) -> Callable[[int], float]:
@@ -90,11 +128,13 @@ def _lr_lambda(kind: str, total_steps: int, steps_per_epoch: int, epochs: int) -
 
 def _optimizer(spec: JobSpec, params: list[nn.Parameter]) -> torch.optim.Optimizer:
     t = spec.training
+    # fused: one kernel for all parameters instead of several small ops per parameter (CPU and CUDA)
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
     if t.optimizer == "sgd":
         return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
-                               nesterov=t.momentum > 0)
+                               nesterov=t.momentum > 0, fused=fused or None)
     cls = torch.optim.Adam if t.optimizer == "adam" else torch.optim.AdamW
-    return cls(params, lr=t.lr, weight_decay=t.weight_decay)
+    return cls(params, lr=t.lr, weight_decay=t.weight_decay, fused=fused or None)
 
 
 class _Progress:
@@ -135,7 +175,12 @@ def _steps_per_epoch(n: int, batch_size: int) -> int:
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
+    buf = io.BytesIO()
+    torch.save(state, buf)  # serialized first: torch's own file writer turns a full disk into an opaque error
+    with open(tmp, "wb") as f:  # ... while Python's raises OSError(ENOSPC), which the worker reports as disk_full
+        f.write(buf.getbuffer())
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)  # atomic: a crash mid-write leaves the previous epoch's checkpoint intact
 
 
@@ -150,9 +195,45 @@ def _probe(model: nn.Module, x: torch.Tensor, what: str, num_classes: int) -> No
                        f"has {num_classes} classes")
 
 
+def _teacher_cache_for_phase(distiller: Distiller, spec: JobSpec, data: TensorData, teachers: list[Teacher],
+                             device: torch.device, precision: str, cache: TeacherCache | None,
+                             on_event: EventFn, should_stop: Callable[[], bool]) -> CacheResult | None:
+    """The teachers' outputs over the whole train split when their input is deterministic; None for a
+    method without teachers. Its seconds count toward the first epoch trained (DESIGN.md)."""
+    if not distiller.teachers:
+        return None
+    if cache is None:
+        res = CacheResult(None, OFF_DISABLED)
+    elif spec.dataset.augment != "none":
+        res = CacheResult(None, OFF_AUGMENT)
+    else:
+        ids = [t.cache_id() for t in teachers]
+        if any(i is None for i in ids):  # an unnamed weightless module: keep its outputs for this job only
+            cache = TeacherCache(None, cache.max_bytes)
+        res = cache.outputs(distiller, data.x_train, [i or "" for i in ids], device, precision,
+                            should_stop=should_stop)
+    on_event("log", {"message": f"teacher cache: {res.status}" + (f" in {res.seconds:.2f} s" if res.output else "")})
+    return res
+
+
+def _compile_student(student: nn.Module, on: bool) -> str:
+    if not on:
+        return "off"
+    try:
+        student.compile()  # in place: state_dict keys stay those of the eager module (checkpoints, files)
+    except Exception as e:  # torch.compile unavailable on this platform
+        return f"failed ({type(e).__name__}: {e}); eager"
+    return "on"
+
+
+def _uncompile(student: nn.Module) -> None:
+    student._compiled_call_impl = None  # what nn.Module.compile() set; eager from the next call on
+
+
 def _train_phase(phase: str, method: str, spec: JobSpec, data: TensorData, teachers: list[Teacher],
                  device: torch.device, precision: str, state: dict[str, Any], ckpt_path: Path,
-                 progress: _Progress, on_event: EventFn, should_stop: Callable[[], bool]) -> nn.Module:
+                 progress: _Progress, on_event: EventFn, should_stop: Callable[[], bool],
+                 cache: TeacherCache | None = None) -> nn.Module:
     tr, info = spec.training, data.info
     torch.manual_seed(tr.seed)
     # validate_model_kwargs drops kwargs that merely repeat the dataset's class count or channels
@@ -180,54 +261,94 @@ def _train_phase(phase: str, method: str, spec: JobSpec, data: TensorData, teach
         on_event("log", {"message": f"resumed {phase} from its epoch {start_epoch} checkpoint"})
     on_event("phase", {"phase": phase, "method": method, "epochs": tr.epochs, "start_epoch": start_epoch,
                        "steps_per_epoch": steps_per_epoch, "device": str(device), "precision": precision})
+    if start_epoch >= tr.epochs:
+        state["history"] = history
+        return distiller
+    t_cache = time.perf_counter()
+    cached = _teacher_cache_for_phase(distiller, spec, data, teachers, device, precision, cache, on_event,
+                                      should_stop)
+    if cached is not None:
+        state["teacher_cache"] = cached.status
+    t_out_all: TeacherOutput | None = cached.output if cached else None
+    pending_s = time.perf_counter() - t_cache  # counted in the first epoch trained: it is done for it
+    compiled = _compile_student(distiller.student, spec.resources.compile)
+    if compiled.startswith("failed"):
+        on_event("log", {"message": f"torch.compile {compiled}"})
+    state["compile"] = compiled
+    augment, channels_last = spec.dataset.augment == "standard", device.type == "cuda" and data.x_train.ndim == 4
+    x_all, y_all = data.x_train, data.y_train
+    names: list[str] = []  # the method's loss terms, in the order of the stacked values
+
+    def step(idx: torch.Tensor, gen: torch.Generator, frac_epoch: float) -> torch.Tensor:
+        """One optimizer step on the samples idx; returns the detached loss terms, stacked (no host sync)."""
+        x, y = x_all.index_select(0, idx), y_all.index_select(0, idx)
+        if augment:
+            x = augment_batch(x, info, gen if device.type == "cpu" else None)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        t_out = t_out_all.index(idx) if t_out_all is not None else None
+        with _autocast(device, precision):
+            _, terms = distiller.forward_train(x, y, frac_epoch, t_out)
+            if not names:
+                names.extend(terms)
+            stacked = torch.stack([v.float() for v in terms.values()])
+            loss = stacked.sum()
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        return stacked.detach()
 
     for epoch in range(start_epoch, tr.epochs):
         distiller.train()
         t0 = time.perf_counter()
         gen = torch.Generator(device="cpu").manual_seed(tr.seed * 100003 + epoch)
         order = torch.randperm(n, generator=gen).to(device)
-        loss_sum = torch.zeros((), device=device)  # accumulated on device: no host sync per step
-        term_sums: dict[str, torch.Tensor] = {}
+        term_sums: torch.Tensor | None = None  # accumulated on device: no host sync per step
         for i in range(steps_per_epoch):
-            frac_epoch = epoch + i / steps_per_epoch
             if should_stop():
                 raise Cancelled()
             idx = order[i * bs:(i + 1) * bs]
-            x, y = data.x_train[idx], data.y_train[idx]
-            if spec.dataset.augment == "standard":
-                x = augment_batch(x, info, gen if device.type == "cpu" else None)
-            if device.type == "cuda" and x.ndim == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(device, precision):
-                _, terms = distiller.forward_train(x, y, frac_epoch)
-                loss = sum(terms.values())
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            loss_sum += loss.detach()
-            for k, v in terms.items():
-                term_sums[k] = term_sums.get(k, torch.zeros((), device=device)) + v.detach()
+            frac_epoch = epoch + i / steps_per_epoch
+            if compiled == "on" and i == 0 and epoch == start_epoch:
+                try:  # the first call compiles; a compiler that fails must not fail the job
+                    terms = step(idx, gen, frac_epoch)
+                except Exception as e:
+                    _uncompile(distiller.student)
+                    compiled = state["compile"] = f"failed ({type(e).__name__}: {str(e)[:200]}); eager"
+                    on_event("log", {"message": f"torch.compile {compiled}"})
+                    opt.zero_grad(set_to_none=True)
+                    terms = step(idx, gen, frac_epoch)
+            else:
+                terms = step(idx, gen, frac_epoch)
+            term_sums = terms.clone() if term_sums is None else term_sums.add_(terms)
             if progress.step():
-                cur = loss.item()  # the only host sync inside the epoch, twice a second at most
+                cur = terms.sum().item()  # the only host sync inside the epoch, twice a second at most
                 _check_finite(cur, epoch)
                 progress.emit(phase=phase, epoch=epoch + 1, epochs=tr.epochs, loss=round(cur, 6),
                               lr=sched.get_last_lr()[0])
-        seconds = time.perf_counter() - t0
-        train_loss = loss_sum.item() / steps_per_epoch
+        seconds = time.perf_counter() - t0 + pending_s
+        pending_s = 0.0
+        sums = term_sums.tolist() if term_sums is not None else []
+        train_loss = sum(sums) / steps_per_epoch
         _check_finite(train_loss, epoch)
         t1 = time.perf_counter()
         ev = evaluate(distiller.student, data.x_test, data.y_test, device, precision)
         row = {"epoch": epoch + 1, "train_loss": round(train_loss, 6), "test_top1": ev["top1"],
                "test_loss": ev["loss"], "seconds": round(seconds, 3),
                "eval_seconds": round(time.perf_counter() - t1, 3),
-               "losses": {k: round(v.item() / steps_per_epoch, 6) for k, v in term_sums.items()}}
+               "losses": {k: round(v / steps_per_epoch, 6) for k, v in zip(names, sums, strict=False)}}
         if method != "none":
             t_now, a_now = distiller.coefficients(epoch + 0.5)  # mid-epoch values, for the curves
             row.update(temperature=round(t_now, 6), alpha=round(a_now, 6))
         history.append(row)
         on_event("epoch", {"phase": phase, **row, "epochs": tr.epochs})
+        try:  # a finite loss can still diverge: the student falls to chance (kdcore.divergence)
+            check_divergence(history, info.num_classes, tr.lr,
+                             spec.distillation.temperature if method != "none" else None)
+        except Diverged as e:
+            raise JobError("diverged", str(e)) from None
         # the whole distiller: the student plus a method's own modules (regressors, the DML peer)
         state.update(phase=phase, epoch=epoch + 1, student=distiller.state_dict(),
                      optimizer=opt.state_dict(), scheduler=sched.state_dict(), history=history)
@@ -261,11 +382,32 @@ def _build_distiller(method: str, spec: JobSpec, student: nn.Module, teachers: l
     return distiller.to(device)
 
 
+def _teacher_test_logits(distiller: Distiller, data: TensorData, teachers: list[Teacher], device: torch.device,
+                         precision: str, cache: TeacherCache | None) -> torch.Tensor:
+    """The teachers' joint logits on the test split (cached like the train split: a sweep evaluates its
+    teacher once)."""
+    ids = [t.cache_id() for t in teachers]
+    if cache is None or any(i is None for i in ids):
+        cache = TeacherCache(None)
+    z = cache.outputs(distiller, data.x_test, [i or "" for i in ids], device, precision,
+                      with_features=False).output
+    assert z is not None
+    return z.logits[0] if z.logits.shape[0] == 1 else teacher_log_probs(z.logits, 1.0, distiller.teacher_weights)
+
+
 def run(spec: JobSpec, data: TensorData, teachers: list[Teacher], workdir: Path,
         on_event: EventFn = lambda kind, data: None, should_stop: Callable[[], bool] = lambda: False,
+        cache_dir: Path | None = None, teacher_cache: bool = True, cache_max_bytes: int = DEFAULT_MAX_BYTES,
         ) -> dict[str, Any]:
-    """Run a whole job; returns the report (also written to workdir/report.json)."""
+    """Run a whole job; returns the report (also written to workdir/report.json).
+
+    Teacher outputs are computed once per job when the teacher's input is deterministic, and kept under
+    `cache_dir` for later jobs on the same teacher and data (kdcore.teacher_cache); `teacher_cache=False`
+    runs the teacher at every step instead. Features above `cache_max_bytes` are not cached.
+    """
     wall0 = time.time()
+    sane_threads()
+    cache = TeacherCache(cache_dir, cache_max_bytes) if teacher_cache else None
     workdir.mkdir(parents=True, exist_ok=True)
     ckpt_path = workdir / CHECKPOINT
     device = resolve_device(spec.resources.device)
@@ -298,7 +440,7 @@ def run(spec: JobSpec, data: TensorData, teachers: list[Teacher], workdir: Path,
         distiller = METHODS.create(method, nn.Identity(), [t.module for t in teachers],
                                    spec.distillation.temperature, spec.distillation.alpha, spec.distillation.params,
                                    teacher_weights=[t.weight for t in spec.teachers])
-        t_eval = evaluate(distiller.teacher_logits, data.x_test, data.y_test, device, precision)
+        t_eval = score(_teacher_test_logits(distiller, data, teachers, device, precision, cache), data.y_test)
         teacher_preds = t_eval.pop("preds")
         done.setdefault("teacher", t_eval)
 
@@ -306,11 +448,14 @@ def run(spec: JobSpec, data: TensorData, teachers: list[Teacher], workdir: Path,
         if phase in done:
             continue
         distiller = _train_phase(phase, phase_method, spec, data, teachers, device, precision, state, ckpt_path,
-                                 progress, on_event, should_stop)
+                                 progress, on_event, should_stop, cache)
         student = distiller.student
         ev = evaluate(student, data.x_test, data.y_test, device, precision)
         preds = ev.pop("preds")
         result: dict[str, Any] = {"top1": ev["top1"], "top5": ev["top5"], "epochs": state.pop("history")}
+        for k in ("teacher_cache", "compile"):
+            if k in state:
+                result[k] = state.pop(k)
         if phase == "distill":
             size = save_student(student, workdir / "student.safetensors", architecture=spec.student.architecture,
                                 kwargs=spec.student.kwargs, dataset=info,
@@ -365,11 +510,14 @@ def build_report(spec: JobSpec, done: dict[str, Any], teachers: list[Teacher], d
         report["compression"] = round(params / s["params"], 4) if params else None
         report["temperature"] = spec.distillation.temperature
         report["alpha"] = spec.distillation.alpha
+        # which path the teacher took: "built" / "hit" (outputs computed once, reused every epoch) or
+        # "off (augmentation)" etc. (teacher run at every step)
+        report["teacher_cache"] = s.get("teacher_cache")
     if "baseline" in done:
         b = done["baseline"]
         report["baseline"] = {"top1": b["top1"], "top5": b["top5"], "epochs": b["epochs"]}
         report["kd_gain"] = round(s["top1"] - b["top1"], 6)
     report["epochs"] = s["epochs"]
-    report.update(device=device.type, precision=precision, seed=spec.training.seed,
-                  wall_seconds=round(wall_seconds, 3))
+    report.update(device=device.type, precision=precision, compile=s.get("compile", "off"),
+                  seed=spec.training.seed, wall_seconds=round(wall_seconds, 3))
     return report

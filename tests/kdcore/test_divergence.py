@@ -1,0 +1,76 @@
+"""Divergence without NaN, provoked on real data (digits): too large a step sends the student to chance
+with a finite loss; the loop stops with `diverged` and advice on the learning rate."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kdcore.datasets import load_dataset
+from kdcore.divergence import Diverged, check_divergence
+from kdcore.spec import JobSpec
+from kdcore.train import JobError, run
+
+
+def _spec(lr: float, momentum: float, hidden: list[int], epochs: int = 5, **over: Any) -> JobSpec:
+    s: dict[str, Any] = {"student": {"architecture": "mlp", "kwargs": {"hidden": hidden}},
+                         "dataset": {"name": "digits"},
+                         "distillation": {"method": "none"}, "resources": {"device": "cpu"},
+                         "training": {"epochs": epochs, "batch_size": 32, "lr": lr, "momentum": momentum,
+                                      "lr_schedule": "constant", "seed": 0}}
+    s.update(over)
+    return JobSpec.model_validate(s)
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory):
+    return load_dataset("digits", tmp_path_factory.mktemp("root"))
+
+
+def _run_collecting(spec: JobSpec, digits, workdir: Path) -> tuple[JobError, list[dict[str, Any]]]:
+    epochs: list[dict[str, Any]] = []
+    with pytest.raises(JobError) as e:
+        run(spec, digits, [], workdir, lambda kind, d: epochs.append(d) if kind == "epoch" else None)
+    return e.value, epochs
+
+
+def test_accuracy_that_falls_to_chance_is_diverged(digits, tmp_path: Path) -> None:
+    # lr 0.5 with momentum 0.99: the student learns in epoch 1, then the step throws it to chance
+    err, epochs = _run_collecting(_spec(0.5, 0.99, [256]), digits, tmp_path)
+    assert err.code == "diverged", err.message
+    assert "fell from" in err.message and "lower training.lr (now 0.5)" in err.message
+    assert max(r["test_top1"] for r in epochs) > 0.55 and all(r["test_top1"] < 0.2 for r in epochs[-2:])
+    assert len(epochs) < 5  # stopped early, not after spending every epoch
+
+
+def test_loss_that_blew_up_with_a_student_at_chance_is_diverged(digits, tmp_path: Path) -> None:
+    err, epochs = _run_collecting(_spec(5.0, 0.9, [64]), digits, tmp_path)
+    assert err.code == "diverged" and "training loss reached" in err.message and "lower training.lr" in err.message
+    losses = [r["train_loss"] for r in epochs]
+    assert max(losses) >= 10 * min(losses) and all(r["test_top1"] < 0.2 for r in epochs)
+
+
+def test_distillation_advice_names_the_temperature() -> None:
+    history = [{"epoch": 1, "train_loss": 0.9, "test_top1": 0.91}, {"epoch": 2, "train_loss": 2.3, "test_top1": 0.1},
+               {"epoch": 3, "train_loss": 2.3, "test_top1": 0.1}]
+    with pytest.raises(Diverged) as e:
+        check_divergence(history, 10, 0.1, temperature=20.0)
+    assert "T^2 = 400" in str(e.value) and "lower training.lr (now 0.1)" in str(e.value)
+
+
+@pytest.mark.parametrize("accs,losses", [
+    ([0.10, 0.11, 0.10, 0.12], [2.31, 2.30, 2.30, 2.29]),  # slow to learn, or random labels: flat loss near chance
+    ([0.90, 0.95, 0.12, 0.96], [0.5, 0.3, 2.0, 0.2]),  # one bad epoch it recovers from
+    ([0.50, 0.55, 0.60], [1.0, 0.9, 0.8]),  # learning
+])
+def test_runs_that_did_not_diverge_are_left_alone(accs: list[float], losses: list[float]) -> None:
+    history = [{"epoch": i + 1, "train_loss": loss, "test_top1": acc}
+               for i, (acc, loss) in enumerate(zip(accs, losses, strict=True))]
+    for n in range(1, len(history) + 1):
+        check_divergence(history[:n], 10, 0.1, None)
+
+
+def test_a_healthy_run_is_not_flagged(digits, tmp_path: Path) -> None:
+    rep = run(_spec(0.05, 0.9, [64], epochs=3), digits, [], tmp_path)
+    assert rep["student"]["top1"] > 0.9
