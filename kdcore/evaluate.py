@@ -11,7 +11,7 @@ from torch import nn
 EVAL_BATCH = 1024
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, device: torch.device,
             precision: str = "fp32", batch_size: int = EVAL_BATCH) -> torch.Tensor:
     """Logits for all of x (float32, on device). nn.Modules are put in eval mode and restored after."""
@@ -42,7 +42,12 @@ def topk_accuracy(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float |
 
 def evaluate(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
              device: torch.device, precision: str = "fp32") -> dict[str, Any]:
-    logits = predict(model, x, device, precision)
+    return score(predict(model, x, device, precision), y)
+
+
+def score(logits: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    """top-1, top-5, loss and predictions of logits already computed (e.g. a teacher's, from its cache)."""
+    logits = logits.float()
     y = y.to(logits.device)
     top1, top5 = topk_accuracy(logits, y)
     return {"top1": round(top1, 6), "top5": None if top5 is None else round(top5, 6),

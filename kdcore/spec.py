@@ -100,7 +100,8 @@ class DistillationSpec(BaseModel):
     temperature: float = Field(4.0, gt=0, le=100, description="softmax temperature T of the soft term")
     alpha: float = Field(0.9, ge=0, le=1, description="weight of the soft (teacher) term; (1 - alpha) weighs "
                          "the hard-label cross-entropy: L = alpha*T^2*KL(p_t||p_s) + (1-alpha)*CE")
-    params: dict[str, Any] = Field(default_factory=dict, description="method-specific parameters")
+    params: dict[str, Any] = Field(default_factory=dict, validate_default=True,
+                                   description="method-specific parameters, see GET /v1/catalog")
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec, description="temperature / alpha schedules "
                                    "over the epochs and a warm-up of the soft term; see docs/methods.md")
 
@@ -149,6 +150,8 @@ class ResourcesSpec(BaseModel):
         "auto", description="cuda routes the job to the gpu queue; auto runs on a GPU when the worker has one")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 autocast on CUDA GPUs that support it, fp32 elsewhere")
+    compile: bool = Field(False, description="torch.compile the student; a compile that fails "
+                          "falls back to eager with a log event. Pays off on long GPU jobs")
 
 
 Teachers = Annotated[TeacherSpec | list[TeacherSpec], Field(description="absent for method none")]

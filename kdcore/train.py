@@ -32,8 +32,15 @@ from kdcore.methods import METHODS, Distiller, TeacherOutput
 from kdcore.models import count_params, create_model, validate_model_kwargs
 from kdcore.report import plot_curves
 from kdcore.spec import JobSpec
-from kdcore.teacher_cache import DEFAULT_MAX_BYTES, OFF_AUGMENT, OFF_DISABLED, CacheResult, TeacherCache
-from kdcore.teacher_cache import module_digest, module_signature
+from kdcore.teacher_cache import (
+    DEFAULT_MAX_BYTES,
+    OFF_AUGMENT,
+    OFF_DISABLED,
+    CacheResult,
+    TeacherCache,
+    module_digest,
+    module_signature,
+)
 
 EventFn = Callable[[str, dict[str, Any]], None]
 CHECKPOINT = "checkpoint.pt"
