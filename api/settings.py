@@ -17,6 +17,10 @@ class Settings(BaseSettings):
     artifact_dir: Path | None = Field(None, description="uploads and job outputs; default <data_dir>/artifacts. "
                                       "Must be shared by the API and every worker")
     allow_download: bool = Field(False, description="let workers download public datasets missing from the root")
+    cache_dir: Path | None = Field(None, description="teacher outputs kept for later jobs on the same teacher and "
+                                   "data (kdcore.teacher_cache); default <data_dir>/cache; safe to delete any time")
+    teacher_cache_max_bytes: int = Field(2 * 1024**3, ge=0, description="largest teacher-feature cache per job "
+                                         "(bytes); above it the teacher runs at every step")
     api_keys: str | None = Field(None, description="comma-separated key:tenant pairs")
     api_keys_file: Path | None = Field(None, description="file with one `key tenant` pair a line")
     max_upload_bytes: int = Field(2 * 1024**3, ge=1)
@@ -42,6 +46,10 @@ class Settings(BaseSettings):
     @property
     def artifacts(self) -> Path:
         return self.artifact_dir or self.data_dir / "artifacts"
+
+    @property
+    def cache(self) -> Path:
+        return self.cache_dir or self.data_dir / "cache"
 
     def tenants_by_key(self) -> dict[str, str]:
         """Configured API keys; empty means the service runs open (loopback only)."""
