@@ -147,14 +147,15 @@ async def receive_file(request: Request, field_name: str, limit: int, open_dest:
         raise Problem(400, "multipart/form-data without a boundary")
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit + FRAMING_ALLOWANCE:
-        raise Problem(413, f"upload of {declared} bytes exceeds the limit of {limit} bytes (KD_MAX_UPLOAD_BYTES)")
+        raise Problem(413, f"upload of {declared} bytes exceeds the limit of {limit} bytes (KD_MAX_UPLOAD_BYTES)",
+                      headers={"Connection": "close"})
     reader = _Reader(field_name, limit, open_dest, on_flush, check_head)
     parser = MultipartParser(boundary, {  # type: ignore[arg-type]
         "on_part_begin": reader.on_part_begin, "on_part_data": reader.on_part_data,
         "on_part_end": reader.on_part_end, "on_header_field": reader.on_header_field,
         "on_header_value": reader.on_header_value, "on_header_end": reader.on_header_end,
         "on_headers_finished": reader.on_headers_finished})
-    received = 0
+    received, done = 0, False
     try:
         async for chunk in request.stream():
             received += len(chunk)
@@ -168,6 +169,7 @@ async def receive_file(request: Request, field_name: str, limit: int, open_dest:
                 raise Problem(400, f"malformed multipart body: {e}") from None
             if reader.buf:
                 await run_in_threadpool(reader.flush)
+        done = True
         try:
             parser.finalize()
         except Exception as e:
@@ -180,7 +182,10 @@ async def receive_file(request: Request, field_name: str, limit: int, open_dest:
             raise invalid(("body", field_name), f"{reader.file.filename!r} is empty")
         reader.file.sha256 = reader.sha.hexdigest()
         return reader.file
-    except BaseException:
+    except BaseException as e:
+        if isinstance(e, Problem) and not done:
+            # answer, then close the connection: uvicorn would otherwise read (and drop) the rest of the body
+            e.headers = {**(e.headers or {}), "Connection": "close"}
         reader.close()
         if reader.file is not None and reader.file.path != Path():
             reader.file.path.unlink(missing_ok=True)

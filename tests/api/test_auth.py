@@ -51,3 +51,40 @@ def _npz() -> bytes:
              x_test=rng.integers(0, 255, (6, 8, 8), dtype=np.uint8), y_test=np.arange(6) % 2)
     return buf.getvalue()
 
+
+
+def test_every_route_needs_a_key_and_hides_other_tenants(redis_url: str, redis_client, tmp_path: Path) -> None:
+    from worker.store import JobStore, now_iso
+
+    app = create_app(Settings(redis_url=redis_url, data_dir=tmp_path, api_keys="k1:alpha,k2:beta"))
+    own, other = {"Authorization": "Bearer k1"}, {"Authorization": "Bearer k2"}
+    with TestClient(app) as http:
+        jid = http.post("/v1/jobs", json=SPEC, headers=own).json()["id"]
+        art = http.post("/v1/artifacts", files={"file": ("x.npz", _npz())}, headers=own).json()["id"]
+        # the job ends as a worker would end it: its record says succeeded and its outputs are on disk
+        store = JobStore.from_url(redis_url)
+        assert store.transition(jid, "running", ["queued"], started_at=now_iso())
+        out = tmp_path / "artifacts" / "jobs" / jid
+        out.mkdir(parents=True)
+        (out / "student.safetensors").write_bytes(b"weights")
+        (out / "report.json").write_text("{}")
+        assert store.transition(jid, "succeeded", ["running"], finished_at=now_iso(), report={"student": {}})
+        job_routes = [("GET", f"/v1/jobs/{jid}"), ("GET", f"/v1/jobs/{jid}/events"),
+                      ("GET", f"/v1/jobs/{jid}/report"), ("POST", f"/v1/jobs/{jid}/cancel"),
+                      ("GET", f"/v1/jobs/{jid}/artifacts/student.safetensors"),
+                      ("GET", f"/v1/jobs/{jid}/artifacts/report.json"), ("GET", f"/v1/artifacts/{art}")]
+        assert http.get(f"/v1/jobs/{jid}/artifacts/student.safetensors", headers=own).content == b"weights"
+        assert http.get(f"/v1/artifacts/{art}", headers=own).status_code == 200
+        # (/healthz, /readyz and /v1/catalog, which lists only the registries, answer without a key)
+        for method, path in [*job_routes, ("GET", "/v1/jobs"), ("POST", "/v1/jobs"), ("POST", "/v1/chains")]:
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "k1"}):
+                r = http.request(method, path, headers=headers)
+                assert r.status_code == 401, (method, path, headers, r.status_code)
+        for method, path in job_routes:  # another tenant's ids do not exist for it
+            r = http.request(method, path, headers=other)
+            assert r.status_code == 404, (method, path, r.status_code)
+            assert r.headers["content-type"].startswith("application/problem+json")
+        # an upload without a key is refused before its body is read: nothing is written
+        before = sorted((tmp_path / "artifacts" / "uploads").iterdir())
+        assert http.post("/v1/artifacts", files={"file": ("y.npz", _npz())}).status_code == 401
+        assert sorted((tmp_path / "artifacts" / "uploads").iterdir()) == before
