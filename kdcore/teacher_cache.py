@@ -50,7 +50,7 @@ def tensor_digest(x: torch.Tensor) -> str:
     t = t.contiguous()
     h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
     if t.numel():
-        h.update(memoryview(t.view(torch.uint8).reshape(-1).numpy()))
+        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
     return h.hexdigest()
 
 
