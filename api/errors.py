@@ -73,6 +73,29 @@ def _clean_msg(msg: str) -> str:
     return msg.removeprefix("Value error, ")
 
 
+# Paths that answer without an API key (probes, and the catalog, which lists only the registries).
+OPEN_PATHS = ("/healthz", "/readyz", "/v1/catalog", "/openapi.json", "/docs")
+
+
+def _document_common_problems(path: str, op: dict[str, Any]) -> None:
+    """Answers every operation of a kind can give, documented once here rather than on each route:
+    401 (key missing or unknown), 404 (an id in the path that this tenant does not have), 400 (a body
+    that is not what its Content-Type says), and 422 as the problem document it really is."""
+    responses = op.setdefault("responses", {})
+    wanted = [422] if "422" in responses else []
+    if path.startswith("/v1/") and not path.startswith(OPEN_PATHS):
+        wanted.append(401)
+    if "{" in path:
+        wanted.append(404)
+    if "requestBody" in op:
+        wanted.append(400)
+    for code, doc in problems(*wanted).items():
+        described = responses.get(str(code), {}).get("description")
+        if not described or described == "Validation Error":  # FastAPI's default 422 text
+            described = doc["description"]
+        responses[str(code)] = {**doc, "description": described}
+
+
 def _with_problem_schemas(app: FastAPI) -> None:
     """`problems()` refers to ProblemDetail by $ref: put it (and what it uses) into the schema's components."""
     build = app.openapi
@@ -85,6 +108,9 @@ def _with_problem_schemas(app: FastAPI) -> None:
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(defs.pop("$defs", {}))
         components["ProblemDetail"] = defs
+        for path, ops in schema.get("paths", {}).items():
+            for op in ops.values():
+                _document_common_problems(path, op)
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]

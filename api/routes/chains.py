@@ -13,7 +13,7 @@ from fastapi import APIRouter, Header, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api.deps import ArtifactsDep, QuotasDep, StoreDep, TenantDep
-from api.errors import Problem
+from api.errors import Problem, problems
 from api.routes.jobs import create_and_enqueue, job_slots
 from api.schemas import JobPublic
 from api.submission import check_submission
@@ -88,7 +88,7 @@ def _links(chain: ChainCreate) -> list[JobSpec]:
 @router.post("", status_code=202, response_model=ChainPublic, summary="Submit a teacher-assistant chain",
              description="Creates one job per link: teacher -> assistants -> student. Later links wait for the "
                          "link before; follow each as a job. `Location` names the last link.",
-             responses={422: {"description": "invalid chain; `errors` names each field"}})
+             responses=problems(422, 429, 503, _422="invalid chain; `errors` names each field"))
 def submit_chain(chain: ChainCreate, request: Request, response: Response, tenant: TenantDep, store: StoreDep,
                  artifacts: ArtifactsDep, quotas: QuotasDep,
                  idempotency_key: Annotated[str | None, Header(max_length=180)] = None) -> ChainPublic:

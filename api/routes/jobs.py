@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
 from api.deps import ArtifactsDep, QuotasDep, StoreDep, TenantDep
-from api.errors import Problem
+from api.errors import Problem, problems
 from api.quotas import Quotas
 from api.schemas import EventList, JobList, JobPublic, JobStatus
 from api.submission import check_submission, pending_teacher_jobs
@@ -43,7 +43,8 @@ def _queue(spec: JobSpec, store: JobStore) -> str:
              description="Validates the JobSpec (names against the registries, uploads and earlier jobs against "
                          "the store, class counts against the dataset), writes a queued job and enqueues its id. "
                          "With the same `Idempotency-Key` a second submit returns the first job.",
-             responses={422: {"description": "invalid spec; `errors` names each field"}})
+             responses=problems(422, 429, 503, _422="invalid spec; `errors` names each field",
+                                _503="the queue is unavailable: the job was not accepted"))
 def submit(spec: JobSpec, request: Request, response: Response, tenant: TenantDep, store: StoreDep,
            artifacts: ArtifactsDep, quotas: QuotasDep,
            idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> JobPublic:
@@ -133,7 +134,7 @@ def _sse(store: JobStore, job_id: str, cursor: str) -> Iterator[str]:
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic,
-             summary="Ask a queued or running job to stop", responses={409: {"description": "already ended"}})
+             summary="Ask a queued or running job to stop", responses=problems(409, _409="already ended"))
 def cancel(job_id: str, tenant: TenantDep, store: StoreDep) -> JobPublic:
     rec = _job(store, job_id, tenant)
     if rec["status"] in TERMINAL:
@@ -142,7 +143,7 @@ def cancel(job_id: str, tenant: TenantDep, store: StoreDep) -> JobPublic:
     return JobPublic.from_record(_job(store, job_id, tenant))
 
 
-@router.get("/{job_id}/report", summary="The final report", responses={409: {"description": "not finished"}})
+@router.get("/{job_id}/report", summary="The final report", responses=problems(409, _409="not finished"))
 def report(job_id: str, tenant: TenantDep, store: StoreDep) -> dict:
     rec = _job(store, job_id, tenant)
     if rec["status"] != "succeeded" or rec.get("report") is None:
@@ -153,7 +154,8 @@ def report(job_id: str, tenant: TenantDep, store: StoreDep) -> dict:
 
 @router.get("/{job_id}/artifacts/{name}", summary="Download a job's output",
             description=f"Names: {', '.join(JOB_OUTPUTS)}.",
-            responses={200: {"content": {"application/octet-stream": {}}}, 404: {"description": "no such output"}})
+            responses={200: {"content": {"application/octet-stream": {}}},
+                       **problems(404, _404="no such job, output name, or output yet")})
 def download(job_id: str, name: str, tenant: TenantDep, store: StoreDep, artifacts: ArtifactsDep) -> FileResponse:
     rec = _job(store, job_id, tenant)
     if name not in JOB_OUTPUTS:
