@@ -17,7 +17,6 @@ QUEUES = ("cpu", "gpu")
 RUN_JOB = "distillery.run_job"
 
 
-
 def make_celery(settings: Settings) -> Celery:
     """The API builds one from its own (possibly test-overridden) settings to send; workers use `app`."""
     app = Celery("distillery", broker=settings.redis, include=["worker.tasks", "worker.heartbeat"])
@@ -37,6 +36,9 @@ def make_celery(settings: Settings) -> Celery:
         task_serializer="json",
         accept_content=["json"],
     )
+    from worker.heartbeat import ConsumptionHeartbeat  # here: heartbeat imports this module's app lazily
+
+    app.steps["consumer"].add(ConsumptionHeartbeat)
     return app
 
 

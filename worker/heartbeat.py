@@ -1,38 +1,137 @@
 """Worker liveness in Redis, for /readyz and for routing `device: auto` jobs to a GPU when one is up.
 
-A thread started on Celery's `worker_ready` refreshes an expiring key; when the worker process ends,
-the key expires within three periods and the worker drops out of /readyz.
+A live process is not enough: a worker whose consumer stopped taking messages (its event loop stuck
+or frozen, or its broker connection dead after a Redis restart while the process lives on) takes no
+jobs. So the heartbeat proves consumption. A consumer bootstep, running in the worker's own event
+loop, sends a ping message to the worker's private queue `kd.ping.<name>` every
+`worker_heartbeat_s` and consumes that queue beside the task queues; only a ping taken off the broker
+refreshes the worker's expiring key (three periods). A worker that stops consuming drops out of
+/readyz within three periods, and /readyz names it as stale.
+
+A solo-pool worker (one per GPU) runs its job inside that event loop, so it cannot consume while it
+trains; its job watcher refreshes the key instead, marked `busy` (see `beat_while_busy`).
+
+A thread does the periodic sweeps that need no consumer: re-enqueueing jobs whose worker died
+(`requeue_orphans`) and enqueueing jobs whose teacher jobs have succeeded.
 """
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 from typing import Any
 
+import redis
+from celery import bootsteps
 from celery.signals import worker_ready, worker_shutdown
+from kombu import Consumer, Exchange, Producer, Queue
 
 from api.settings import get_settings
-from worker.store import JobStore, P
+from worker.dependencies import celery_sender, enqueue_ready
+from worker.store import JobStore
 
 log = logging.getLogger("distillery.worker")
 _stop = threading.Event()
+PING_EXCHANGE = Exchange("kd.ping", type="direct", durable=False)
+# Filled in the worker's main process once its consumer runs: name, queues, pid, solo.
+_me: dict[str, Any] = {}
+_last_busy_beat = [0.0]
 
 
-def _beat(name: str, queues: list[str]) -> None:
+def _heartbeat_store() -> JobStore:
+    # Short timeouts: this client is used inside the worker's event loop, which must not hang on Redis.
+    url = get_settings().redis
+    return JobStore(redis.Redis.from_url(url, decode_responses=True, socket_timeout=2, socket_connect_timeout=2))
+
+
+class ConsumptionHeartbeat(bootsteps.ConsumerStep):
+    """Ping through the broker, pong into the heartbeat key. Restarted with the consumer after a lost
+    broker connection, so the key is refreshed again only once consumption has resumed."""
+
+    def __init__(self, c: Any, **kwargs: Any) -> None:
+        super().__init__(c, **kwargs)
+        self.period = get_settings().worker_heartbeat_s
+        self.name: str = c.hostname
+        self.queue = Queue(f"kd.ping.{self.name}", PING_EXCHANGE, routing_key=self.name, durable=False)
+        self.tref: Any = None
+        self.producer: Producer | None = None
+        self.store: JobStore | None = None
+
+    def get_consumers(self, channel: Any) -> list[Consumer]:
+        return [Consumer(channel, queues=[self.queue], callbacks=[self.on_ping], accept=["json"], no_ack=True)]
+
+    def start(self, c: Any) -> None:
+        queues = sorted(c.app.amqp.queues.consume_from.keys())
+        solo = type(c.pool).__module__.endswith(".solo") if c.pool is not None else False
+        _me.update(name=self.name, queues=queues, pid=os.getpid(), solo=solo)
+        self.store = self.store or _heartbeat_store()
+        super().start(c)
+        self.producer = Producer(c.connection.channel())
+        self.tref = c.timer.call_repeatedly(self.period, self.ping)
+        self.ping()
+
+    def ping(self) -> None:
+        try:
+            assert self.producer is not None
+            self.producer.publish({"worker": self.name, "sent": time.time()}, exchange=PING_EXCHANGE,
+                                  routing_key=self.name, declare=[self.queue], serializer="json", retry=False)
+        except Exception as e:  # broker away: the consumer reconnects and restarts this step
+            log.warning("heartbeat ping: %s", e)
+
+    def on_ping(self, body: dict[str, Any], message: Any) -> None:
+        try:
+            assert self.store is not None
+            self.store.heartbeat(self.name, _me.get("queues", []), ttl_s=self.period * 3, pid=os.getpid(),
+                                 ping_ms=round((time.time() - float(body.get("sent", time.time()))) * 1000, 1))
+        except Exception as e:
+            log.warning("heartbeat: %s", e)
+
+    def _cancel(self) -> None:
+        if self.tref is not None:
+            self.tref.cancel()
+            self.tref = None
+        if self.producer is not None:
+            try:
+                self.producer.channel.close()
+            except Exception:
+                pass
+            self.producer = None
+
+    def stop(self, c: Any) -> None:
+        self._cancel()
+        super().stop(c)
+
+    def shutdown(self, c: Any) -> None:
+        self._cancel()
+        super().shutdown(c)
+
+
+def beat_while_busy(store: JobStore) -> None:
+    """Called by a job's watcher thread: in a solo-pool worker's main process, whose event loop the job
+    blocks, it refreshes the heartbeat (marked busy) at most once a period. Elsewhere it does nothing:
+    a prefork pool process training a job says nothing about its parent's consumer."""
+    if not _me.get("solo") or _me.get("pid") != os.getpid():
+        return
+    period = get_settings().worker_heartbeat_s
+    now = time.monotonic()
+    if now - _last_busy_beat[0] < period:
+        return
+    _last_busy_beat[0] = now
+    store.heartbeat(_me["name"], _me["queues"], ttl_s=period * 3, pid=os.getpid(), busy=True)
+
+
+def _sweep() -> None:
     settings = get_settings()
     store = JobStore.from_url(settings.redis)
     period = settings.worker_heartbeat_s
     while not _stop.is_set():
         try:
-            store.heartbeat(name, queues, ttl_s=period * 3)
             requeue_orphans(store)
+            enqueue_ready(store, celery_sender())
         except Exception as e:  # Redis restarting: try again next period
-            log.warning("heartbeat: %s", e)
+            log.warning("sweep: %s", e)
         _stop.wait(period)
-    try:
-        store.r.delete(f"{P}worker:{name}")
-    except Exception:
-        pass
 
 
 def requeue_orphans(store: JobStore) -> int:
@@ -52,11 +151,15 @@ def requeue_orphans(store: JobStore) -> int:
 
 @worker_ready.connect
 def _start(sender: Any = None, **_: Any) -> None:
-    name = getattr(sender, "hostname", None) or "worker"
-    queues = sorted(sender.app.amqp.queues.consume_from.keys()) if sender is not None else ["cpu"]
-    threading.Thread(target=_beat, args=(name, queues), daemon=True, name="kd-heartbeat").start()
+    threading.Thread(target=_sweep, daemon=True, name="kd-sweep").start()
 
 
 @worker_shutdown.connect
-def _shutdown(**_: Any) -> None:
+def _shutdown(sender: Any = None, **_: Any) -> None:
     _stop.set()
+    name = _me.get("name") or getattr(sender, "hostname", None)
+    if name:
+        try:
+            _heartbeat_store().remove_worker(name)
+        except Exception:
+            pass

@@ -7,7 +7,11 @@ returns at once; one after the lease lapsed (its worker died) resumes from the l
 """
 from __future__ import annotations
 
+import errno
+import hashlib
 import logging
+import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -18,11 +22,13 @@ import torch
 from api.settings import Settings, get_settings
 from kdcore.checkpoints import CheckpointError, load_teacher
 from kdcore.datasets import DatasetError, DatasetInfo, load_dataset
+from kdcore.oom import OutOfMemory, with_oom_retry
 from kdcore.registry import UnknownNameError
 from kdcore.spec import JobSpec, TeacherSpec
-from kdcore.train import Cancelled, JobError, Teacher, resolve_device, run
+from kdcore.train import CHECKPOINT, Cancelled, JobError, Teacher, resolve_device, run
 from worker.artifacts import ArtifactStore
 from worker.dependencies import celery_sender, enqueue_ready
+from worker.heartbeat import beat_while_busy
 from worker.store import TERMINAL, JobStore, now_iso
 
 log = logging.getLogger("distillery.worker")
@@ -49,6 +55,7 @@ class _Watcher(threading.Thread):
                     if not self.store.renew_lease(self.job_id, self.token, self.ttl_s):
                         self.lost.set()  # another worker owns the job now: stop, do not write results
                     last_renew = time.monotonic()
+                beat_while_busy(self.store)  # a solo-pool worker's event loop is blocked by this job
             except Exception as e:  # Redis away for a moment: keep training, try again next tick
                 log.warning("watcher for %s: %s", self.job_id, e)
 
@@ -68,6 +75,7 @@ def _teacher(store: JobStore, arts: ArtifactStore, t: TeacherSpec, tenant: str, 
                               in_channels=info.in_channels, input_size=info.image_size, device=device)
         size = path.stat().st_size
         params = (rec.get("report") or {}).get("student", {}).get("params")
+        checksum = _file_sha256(path)
     else:
         art = store.get_artifact(t.checkpoint or "", tenant)
         if art is None:
@@ -78,9 +86,19 @@ def _teacher(store: JobStore, arts: ArtifactStore, t: TeacherSpec, tenant: str, 
                               input_size=info.image_size, device=device)
         size = int(art["size"])
         params = (art.get("meta") or {}).get("params")
+        checksum = art.get("sha256") or _file_sha256(path)
     if params is None:
         params = sum(p.numel() for p in module.parameters()) or None
-    return Teacher(module=module, params=params, size_bytes=size, label=label)
+    return Teacher(module=module, params=params, size_bytes=size, label=label, checksum=checksum)
+
+
+def _file_sha256(path: Path) -> str:
+    """Names a teacher in the teacher-output cache key (the upload's own sha256 when the record has it)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _dataset_artifact(store: JobStore, spec: JobSpec, tenant: str) -> Path | None:
@@ -119,6 +137,7 @@ def execute(job_id: str, settings: Settings | None = None, store: JobStore | Non
                                     f"times; giving up after {settings.max_attempts} attempts"})
             return "failed"
         fields: dict[str, Any] = {} if rec.get("started_at") else {"started_at": now_iso()}
+        fields["worker"] = f"{socket.gethostname()}:{os.getpid()}"  # the process running this attempt (operators)
         if not store.transition(job_id, "running", ["queued", "running"], **fields):
             return "not runnable"
         if attempt > 1:
@@ -158,7 +177,21 @@ def _run(job_id: str, rec: dict[str, Any], store: JobStore, arts: ArtifactStore,
                             download=settings.allow_download)
         teachers = [_teacher(store, arts, t, tenant, data.info, device, f"teacher {i}" if i else "teacher")
                     for i, t in enumerate(spec.teachers)]
-        report = run(spec, data, teachers, arts.job_dir(job_id), on_event, watcher.should_stop)
+        workdir = arts.job_dir(job_id)
+
+        def on_oom_retry(old: int, new: int) -> None:
+            # the epoch checkpoint counts steps of the larger batch: the run restarts from its beginning
+            (workdir / CHECKPOINT).unlink(missing_ok=True)
+            on_event("log", {"level": "warning", "message": f"CUDA out of memory at batch size {old}; "
+                             f"retrying once from the start with batch size {new}"})
+
+        def train(batch_size: int) -> dict[str, Any]:
+            s = spec if batch_size == spec.training.batch_size else spec.model_copy(
+                update={"training": spec.training.model_copy(update={"batch_size": batch_size})})
+            return run(s, data, teachers, workdir, on_event, watcher.should_stop, cache_dir=settings.cache,
+                       cache_max_bytes=settings.teacher_cache_max_bytes)
+
+        report = with_oom_retry(train, spec.training.batch_size, on_oom_retry)
     except Cancelled:
         if watcher.lost.is_set():
             log.warning("job %s: lease lost to another worker; leaving the job to it", job_id)
@@ -171,10 +204,19 @@ def _run(job_id: str, rec: dict[str, Any], store: JobStore, arts: ArtifactStore,
             type(e), "invalid")
         _fail(store, arts, job_id, code, getattr(e, "message", None) or str(e))
         return "failed"
-    except torch.cuda.OutOfMemoryError as e:
+    except OutOfMemory as e:
+        _fail(store, arts, job_id, "cuda_oom", str(e))
+        return "failed"
+    except torch.cuda.OutOfMemoryError as e:  # outside training (loading a teacher, evaluating it)
         _fail(store, arts, job_id, "cuda_oom", f"CUDA out of memory; lower training.batch_size ({e})")
         return "failed"
     except Exception as e:
+        if _disk_full(e):
+            log.error("job %s: disk full: %s", job_id, e)
+            _fail(store, arts, job_id, "disk_full", f"no space left on the device holding the job's files "
+                  f"({arts.job_dir(job_id)}): free space there (or set KD_ARTIFACT_DIR to a larger disk) and "
+                  f"submit the job again ({e})")
+            return "failed"
         log.exception("job %s crashed", job_id)
         _fail(store, arts, job_id, "internal", f"{type(e).__name__}: {e}")
         return "failed"
@@ -183,6 +225,18 @@ def _run(job_id: str, rec: dict[str, Any], store: JobStore, arts: ArtifactStore,
     store.transition(job_id, "succeeded", ["running", "cancelling"], finished_at=now_iso(), report=report)
     arts.drop_job_scratch(job_id)
     return "succeeded"
+
+
+def _disk_full(e: BaseException | None) -> bool:
+    """A full disk or quota, anywhere in the exception's chain (libraries wrap the OSError)."""
+    seen = 0
+    while e is not None and seen < 10:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(e) or "Disk quota exceeded" in str(e):
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
 
 
 def _fail(store: JobStore, arts: ArtifactStore, job_id: str, code: str, message: str) -> None:

@@ -1,0 +1,178 @@
+"""Faults provoked for real against a real stack (tests/e2e/stack.py): redis-server with AOF, Celery
+worker processes, the API over HTTP. Each test causes the fault (kill -9, SIGSTOP, a duplicate
+message, a Redis restart) and checks what a client sees afterwards.
+
+The stack runs with a 5 s lease, a 0.5 s heartbeat and KD_MAX_ATTEMPTS=2, so recovery that takes a
+lease period in production (60 s by default) shows here within seconds.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from api.settings import Settings
+from tests.e2e.stack import Stack, pool_children, wait_for
+from tests.e2e.test_jobs import spec
+from worker.celery_app import RUN_JOB, make_celery
+
+LONG = {"epochs": 12, "batch_size": 32, "lr": 0.01, "seed": 1}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, dataset_root: Path) -> Iterator[Stack]:
+    s = Stack(tmp_path_factory.mktemp("faults"), dataset_root)
+    try:
+        s.start_worker("w1")
+        s.wait_ready()
+        yield s
+    finally:
+        s.close()
+        if os.environ.get("KD_TEST_SHOW_LOGS"):
+            for name in ("w1", "w2", "api"):
+                print(f"==== {name}\n{s.log(name)[-6000:]}")
+
+
+def _submit(stack: Stack, **training: Any) -> str:
+    r = httpx.post(f"{stack.base}/v1/jobs", json=spec(training={**LONG, **training}), timeout=30)
+    assert r.status_code == 202, r.text
+    return r.json()["id"]
+
+
+def _record(stack: Stack, job_id: str) -> dict[str, str]:
+    return stack.r.hgetall(f"kd:job:{job_id}")
+
+
+def _statuses(events: list[dict[str, Any]]) -> list[str]:
+    return [e["data"]["status"] for e in events if e["type"] == "status"]
+
+
+def _logs(events: list[dict[str, Any]]) -> list[str]:
+    return [e["data"].get("message", "") for e in events if e["type"] == "log"]
+
+
+def _assert_ran_once_per_attempt(stack: Stack, job: dict[str, Any], epochs: int) -> None:
+    """The job succeeded with every epoch exactly once, and started once per attempt (never twice at once)."""
+    assert job["status"] == "succeeded", job["error"]
+    report = httpx.get(f"{stack.base}/v1/jobs/{job['id']}/report", timeout=30).json()
+    assert [r["epoch"] for r in report["epochs"]] == list(range(1, epochs + 1))
+    events = stack.events(job["id"])
+    assert _statuses(events).count("running") == job["attempts"]
+    assert len([e for e in events if e["type"] == "phase"]) == job["attempts"]
+
+
+def _worker_of(stack: Stack, job_id: str) -> tuple[str, int]:
+    """(worker name, pool pid) of the process running the job's current attempt."""
+    pid = int(_record(stack, job_id)["worker"].rsplit(":", 1)[1])
+    for name, proc in stack.workers.items():
+        if pid in pool_children(proc.pid):
+            return name, pid
+    raise AssertionError(f"no worker of this stack runs pid {pid}")
+
+
+def test_readyz_turns_503_naming_a_worker_that_stopped_consuming(stack: Stack) -> None:
+    stack.ensure_workers("w1")
+    ready = httpx.get(f"{stack.base}/readyz", timeout=10)
+    assert ready.status_code == 200 and stack.hostname("w1") in ready.json()["workers"]
+    main = stack.workers["w1"].pid
+    os.kill(main, signal.SIGSTOP)  # the process lives (a PID check passes) but consumes nothing
+    try:
+        assert os.path.exists(f"/proc/{main}")
+        r = wait_for("/readyz 503", lambda: (r := httpx.get(f"{stack.base}/readyz", timeout=10)).status_code == 503
+                     and r, timeout=30)
+        detail = r.json()["detail"]
+        assert stack.hostname("w1") in detail and "stale" in detail and "last heartbeat" in detail, detail
+    finally:
+        os.kill(main, signal.SIGCONT)
+    back = wait_for("/readyz 200", lambda: (r := httpx.get(f"{stack.base}/readyz", timeout=10)).status_code == 200
+                    and r, timeout=30)
+    assert stack.hostname("w1") in back.json()["workers"] and not back.json()["stale_workers"]
+
+
+def test_a_second_delivery_while_the_lease_lives_does_nothing(stack: Stack) -> None:
+    stack.ensure_workers("w1", "w2")
+    jid = _submit(stack, epochs=12)
+    stack.wait_epoch(jid, 1)
+    # the same job id delivered twice more while it runs: the idle worker takes them
+    sender = make_celery(Settings(redis_url=stack.redis.url))
+    for _ in range(2):
+        sender.send_task(RUN_JOB, args=[jid], queue="cpu")
+    wait_for("a duplicate delivery to be refused", lambda: sum(
+        f"job {jid}: lease held by another delivery" in stack.log(w) for w in ("w1", "w2")), timeout=60)
+    job = stack.wait_final(jid)
+    assert job["attempts"] == 1
+    _assert_ran_once_per_attempt(stack, job, 12)
+
+
+def test_whole_worker_killed_mid_epoch_resumes_on_the_other_worker(stack: Stack) -> None:
+    stack.ensure_workers("w1", "w2")
+    jid = _submit(stack)
+    stack.wait_epoch(jid, 3)
+    victim, _ = _worker_of(stack, jid)
+    survivor = "w2" if victim == "w1" else "w1"
+    stack.kill_worker(victim)  # main process and pool, SIGKILL, no cleanup
+    job = stack.wait_final(jid, timeout=180)
+    _assert_ran_once_per_attempt(stack, job, LONG["epochs"])
+    assert job["attempts"] == 2
+    logs = _logs(stack.events(jid))
+    assert any("worker lost; the job is queued again" in m for m in logs), logs
+    assert any("resumed distill from its epoch" in m for m in logs), logs
+    assert stack.workers[survivor].poll() is None
+
+
+def test_a_job_whose_worker_keeps_dying_fails_with_worker_lost(stack: Stack) -> None:
+    stack.ensure_workers("w2")
+    jid = _submit(stack)
+    killed: list[int] = []
+    for attempt in (1, 2):  # KD_MAX_ATTEMPTS=2: kill the pool process each time it starts the job
+        def started(attempt: int = attempt) -> int | None:
+            rec = _record(stack, jid)
+            pid = int(rec.get("worker", "x:0").rsplit(":", 1)[1])
+            ok = rec.get("status") == "running" and int(rec.get("attempts", 0)) == attempt and pid not in killed
+            return pid if ok else None
+        pid = wait_for(f"attempt {attempt}", started, timeout=120)
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+    job = stack.wait_final(jid, timeout=120)
+    assert job["status"] == "failed" and job["error"]["code"] == "worker_lost", job["error"]
+    assert "died 2 times" in job["error"]["message"] and "2 attempts" in job["error"]["message"]
+    assert _statuses(stack.events(jid)).count("running") == 2
+
+
+def _queued_job_ids(stack: Stack, queue: str) -> set[str]:
+    """Job ids of the Celery messages waiting in a queue, or taken by a worker but not yet acknowledged
+    (kombu's Redis transport keeps those in the `unacked` hash as [message, exchange, routing key])."""
+    messages = [json.loads(m) for m in stack.r.lrange(queue, 0, -1)]
+    messages += [json.loads(v)[0] for v in stack.r.hvals("unacked")]
+    return {job_id for m in messages for job_id in json.loads(base64.b64decode(m["body"]))[0]}
+
+
+def test_redis_restart_keeps_every_job_and_everyone_reconnects(stack: Stack) -> None:
+    stack.ensure_workers("w2")  # one worker: one job runs, the next waits in the queue
+    running = _submit(stack, epochs=20)  # long enough to be mid-run when Redis goes away
+    stack.wait_epoch(running, 2)
+    queued = _submit(stack, epochs=4)
+    wait_for("the second job in the queue", lambda: queued in _queued_job_ids(stack, "cpu"))
+    before = {j: (_record(stack, j), [e["id"] for e in stack.events(j)]) for j in (running, queued)}
+    assert before[queued][0]["status"] == "queued"
+
+    stack.restart_redis()
+
+    # records, events and the queued message came back from the AOF
+    for j, (rec, event_ids) in before.items():
+        after = _record(stack, j)
+        assert after["spec"] == rec["spec"] and after["created_at"] == rec["created_at"]
+        assert set(event_ids) <= {e["id"] for e in stack.events(j)}
+    assert queued in _queued_job_ids(stack, "cpu") or _record(stack, queued)["status"] != "queued"
+    # the API answers at once; the worker's consumer reconnects (its heartbeat needs a consumed ping)
+    assert httpx.get(f"{stack.base}/v1/jobs/{running}", timeout=30).status_code == 200
+    stack.wait_ready(timeout=60)
+    for j, epochs in ((running, 20), (queued, 4)):
+        _assert_ran_once_per_attempt(stack, stack.wait_final(j, timeout=180), epochs)
