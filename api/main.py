@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from api import errors
 from api.routes import artifacts, catalog, chains, health, jobs
 from api.settings import Settings, get_settings
+from api.sse import async_client
 from worker.artifacts import ArtifactStore
 from worker.celery_app import make_celery
 from worker.store import JobStore
@@ -28,7 +29,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.aredis = async_client(settings.redis)  # made on the serving loop: it binds to it
         yield
+        await app.state.aredis.aclose()
         app.state.store.r.close()
 
     app = FastAPI(title="Distillery", version="1.0.0", description=DESCRIPTION, lifespan=lifespan)

@@ -1,8 +1,6 @@
 """Jobs: submit, list, follow (JSON and server-sent events), cancel, report, downloads."""
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from typing import Annotated
 
 from celery import Celery
@@ -13,6 +11,7 @@ from api.deps import ArtifactsDep, QuotasDep, StoreDep, TenantDep
 from api.errors import Problem, problems
 from api.quotas import Quotas
 from api.schemas import EventList, JobList, JobPublic, JobStatus
+from api.sse import job_events
 from api.submission import check_submission, pending_teacher_jobs
 from kdcore.spec import JobSpec
 from worker.artifacts import JOB_OUTPUTS
@@ -21,7 +20,6 @@ from worker.dependencies import enqueue_ready
 from worker.store import TERMINAL, JobStore, P, now_iso
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-SSE_BLOCK_MS = 5000
 
 
 def _job(store: JobStore, job_id: str, tenant: str) -> dict:
@@ -111,26 +109,11 @@ def events(job_id: str, request: Request, tenant: TenantDep, store: StoreDep,
            last_event_id: Annotated[str | None, Header(pattern=r"^\d+-\d+$")] = None):
     _job(store, job_id, tenant)
     if "text/event-stream" in request.headers.get("accept", ""):
-        return StreamingResponse(_sse(store, job_id, last_event_id or after or "0-0"),
+        return StreamingResponse(job_events(request.app.state.aredis, job_id, last_event_id or after or "0-0"),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     rows = store.events(job_id, after, limit)
     return EventList(data=rows, next_cursor=rows[-1]["id"] if rows else after)
-
-
-def _sse(store: JobStore, job_id: str, cursor: str) -> Iterator[str]:
-    """Replays events after the cursor, then follows new ones until the job has ended."""
-    while True:
-        rows = store.wait_events(job_id, cursor, SSE_BLOCK_MS)
-        for ev in rows:
-            cursor = ev["id"]
-            yield f"id: {ev['id']}\nevent: {ev['type']}\ndata: {json.dumps({**ev['data'], 'ts': ev['ts']})}\n\n"
-        if not rows:
-            rec = store.get_job(job_id)
-            if rec is None or rec["status"] in TERMINAL:
-                yield f"event: end\ndata: {json.dumps({'status': rec['status'] if rec else None})}\n\n"
-                return
-            yield ": keep-alive\n\n"
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic,
