@@ -148,6 +148,8 @@ def execute(job_id: str, settings: Settings | None = None, store: JobStore | Non
         return outcome
     finally:
         watcher.done.set()
+        if watcher.is_alive():  # let a renewal in flight finish first: it would take the lease back after the release
+            watcher.join(timeout=5)
         store.release_lease(job_id, token)
 
 
