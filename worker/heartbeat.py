@@ -12,7 +12,8 @@ A solo-pool worker (one per GPU) runs its job inside that event loop, so it cann
 trains; its job watcher refreshes the key instead, marked `busy` (see `beat_while_busy`).
 
 A thread does the periodic sweeps that need no consumer: re-enqueueing jobs whose worker died
-(`requeue_orphans`) and enqueueing jobs whose teacher jobs have succeeded.
+(`requeue_orphans`), enqueueing jobs the API wrote but died before enqueueing (`send_unsent`), and
+enqueueing jobs whose teacher jobs have succeeded.
 """
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ PING_EXCHANGE = Exchange("kd.ping", type="direct", durable=False)
 # Filled in the worker's main process once its consumer runs: name, queues, pid, solo.
 _me: dict[str, Any] = {}
 _last_busy_beat = [0.0]
+# The API enqueues right after writing a job; one still unsent after this long lost its API process.
+UNSENT_GRACE_S = 10.0
 
 
 def _heartbeat_store() -> JobStore:
@@ -128,6 +131,7 @@ def _sweep() -> None:
     while not _stop.is_set():
         try:
             requeue_orphans(store)
+            send_unsent(store)
             enqueue_ready(store, celery_sender())
         except Exception as e:  # Redis restarting: try again next period
             log.warning("sweep: %s", e)
@@ -147,6 +151,18 @@ def requeue_orphans(store: JobStore) -> int:
                                         "from its last epoch checkpoint"})
         app.send_task(RUN_JOB, args=[job_id], queue=queue)
     return len(orphans)
+
+
+def send_unsent(store: JobStore, grace_s: float = UNSENT_GRACE_S) -> int:
+    """Sends the message of each job the API wrote but did not get to enqueue (it died in between), so
+    that every job the API answered 202 for runs."""
+    send = celery_sender()
+    jobs = store.unsent_jobs(grace_s)
+    for job_id, queue in jobs:
+        log.warning("job %s was accepted but never enqueued (the API stopped); enqueueing it on %s", job_id, queue)
+        send(job_id, queue)
+        store.mark_sent(job_id)
+    return len(jobs)
 
 
 @worker_ready.connect

@@ -18,6 +18,9 @@ Keys (prefix `kd:`):
   workers:seen        hash: worker name -> unix time of its last heartbeat (to name workers gone stale)
   active              ids of jobs that started and have not ended (to find those whose worker died)
   waiting             ids of queued jobs held back until their teacher jobs succeed (not yet enqueued)
+  unsent              sorted set: ids of jobs written `queued` whose message the API has not yet confirmed
+                      sent, by write time. An API that died in between leaves them here; a worker's sweep
+                      sends them (`unsent_jobs`), so an accepted job is never stranded without a message
 """
 from __future__ import annotations
 
@@ -117,6 +120,8 @@ class JobStore:
             pipe.zadd(f"{P}jobs:{tenant}", {job_id: created})
             pipe.xadd(self._events_key(job_id), {"type": "status", "data": json.dumps({"status": "queued"}),
                                                  "ts": fields["created_at"]}, maxlen=EVENTS_MAXLEN)
+            if not wait_for:  # held-back jobs are sent by enqueue_ready instead
+                pipe.zadd(f"{P}unsent", {job_id: created})
             if wait_for:
                 pipe.hset(f"{P}job:{job_id}", "waiting_for", json.dumps(wait_for))
                 pipe.sadd(f"{P}waiting", job_id)
@@ -257,6 +262,23 @@ class JobStore:
                 self.r.srem(f"{P}waiting", job_id)
             elif all(st == "succeeded" for st in statuses.values()):
                 out.append((job_id, rec.get("queue") or "cpu"))
+        return out
+
+    def mark_sent(self, job_id: str) -> None:
+        """The job's message is on the queue (see `unsent` above)."""
+        self.r.zrem(f"{P}unsent", job_id)
+
+    def unsent_jobs(self, grace_s: float) -> list[tuple[str, str]]:
+        """(id, queue) of queued jobs written more than `grace_s` ago whose message was never confirmed
+        sent: the API died between writing the record and enqueueing it. The caller sends each and
+        calls `mark_sent`; a second message for a job is harmless (lease, terminal check)."""
+        out = []
+        for job_id in self.r.zrangebyscore(f"{P}unsent", "-inf", time.time() - grace_s):
+            status, queue = self.r.hmget(f"{P}job:{job_id}", "status", "queue")
+            if status == "queued":
+                out.append((job_id, queue or "cpu"))
+            else:
+                self.r.zrem(f"{P}unsent", job_id)
         return out
 
     def release_waiting(self, job_id: str) -> None:

@@ -75,6 +75,7 @@ def create_and_enqueue(spec: JobSpec, tenant: str, store: JobStore, celery: Cele
                 enqueue_ready(store, lambda job_id, q: celery.send_task(RUN_JOB, args=[job_id], queue=q))
             else:
                 celery.send_task(RUN_JOB, args=[rec["id"]], queue=queue)
+                store.mark_sent(rec["id"])  # until here a worker's sweep would send it, should this process die
         except Exception as e:  # the broker is away: say so rather than leave a job queued forever
             store.transition(rec["id"], "failed", ["queued"], finished_at=now_iso(),
                              error={"code": "enqueue_failed", "message": f"could not enqueue: {e}"})

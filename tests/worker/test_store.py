@@ -93,3 +93,17 @@ def test_orphaned_jobs_are_started_jobs_without_a_lease(redis_client: redis.Redi
     store.transition(dead["id"], "failed", ["running"])
     assert dead["id"] not in redis_client.smembers("kd:active") and queued["id"] not in redis_client.smembers(
         "kd:active")
+
+
+def test_unsent_jobs_are_those_written_but_never_confirmed_sent(redis_client: redis.Redis) -> None:
+    store = JobStore(redis_client)
+    sent, _ = store.create_job("t", {}, "cpu")
+    lost, _ = store.create_job("t", {}, "gpu")
+    ended, _ = store.create_job("t", {}, "cpu")
+    held, _ = store.create_job("t", {}, "cpu", wait_for=[sent["id"]])  # sent by enqueue_ready instead
+    store.mark_sent(sent["id"])
+    store.request_cancel(ended["id"])
+    assert store.unsent_jobs(grace_s=60) == []  # the API may still be about to send them
+    assert store.unsent_jobs(grace_s=0) == [(lost["id"], "gpu")]
+    assert redis_client.zrange("kd:unsent", 0, -1) == [lost["id"]]  # ended ones are dropped on the way
+    assert held["id"] not in redis_client.zrange("kd:unsent", 0, -1)
