@@ -2,12 +2,18 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+import torch
+from torch import nn
 
 from api.settings import Settings
+from kdcore.models import MODELS, register_model
+from kdcore.models.simple import MLPParams, mlp
 from worker.artifacts import ArtifactStore
 from worker.runner import execute
 from worker.store import JobStore
@@ -45,3 +51,46 @@ def test_divergence_fails_the_job_with_diverged_and_advice(redis_client: redis.R
     assert execute(rec["id"], Settings(redis_url=redis_url, data_dir=tmp_path), store) == "failed"
     err = store.get_job(rec["id"])["error"]
     assert err["code"] == "diverged" and "lower training.lr (now 5)" in err["message"]
+
+
+@pytest.fixture
+def oom_architecture() -> Iterator[str]:
+    """A real mlp whose forward raises torch.OutOfMemoryError for training batches above 32 samples, as
+    CUDA does when a batch does not fit (CPU-only machines cannot run out of CUDA memory for real)."""
+    name = "test_oom_above_32"
+
+    @register_model(name, params=MLPParams)
+    def factory(**kw: Any) -> nn.Module:
+        model = mlp(**kw)
+
+        def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            if module.training and args[0].shape[0] > 32:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+        model.register_forward_pre_hook(hook)
+        return model
+
+    try:
+        yield name
+    finally:
+        MODELS._entries.pop(name, None)
+
+
+@pytest.mark.parametrize("batch_size,outcome", [(64, "succeeded"), (128, "failed")])
+def test_cuda_out_of_memory_retries_once_at_half_the_batch(oom_architecture: str, batch_size: int, outcome: str,
+                                                           redis_client: redis.Redis, redis_url: str,
+                                                           tmp_path: Path) -> None:
+    store = JobStore(redis_client)
+    spec = {**SPEC, "student": {"architecture": oom_architecture, "kwargs": {"hidden": [32]}},
+            "training": {"epochs": 2, "batch_size": batch_size, "lr": 0.05}}
+    rec, _ = store.create_job("t", spec, "cpu")
+    assert execute(rec["id"], Settings(redis_url=redis_url, data_dir=tmp_path), store) == outcome
+    job = store.get_job(rec["id"])
+    logs = [e["data"]["message"] for e in store.events(rec["id"]) if e["type"] == "log"]
+    assert any(f"out of memory at batch size {batch_size}; retrying once from the start with batch size "
+               f"{batch_size // 2}" in m for m in logs), logs
+    if outcome == "succeeded":  # 64 -> 32 fits
+        assert [r["epoch"] for r in job["report"]["epochs"]] == [1, 2]
+    else:  # 128 -> 64 does not: one retry, then a clear failure
+        assert job["error"]["code"] == "cuda_oom"
+        assert "batch_size 128" in job["error"]["message"] and "again at 64" in job["error"]["message"]
