@@ -98,7 +98,7 @@ def test_readyz_turns_503_naming_a_worker_that_stopped_consuming(stack: Stack) -
 
 def test_a_second_delivery_while_the_lease_lives_does_nothing(stack: Stack) -> None:
     stack.ensure_workers("w1", "w2")
-    jid = _submit(stack, epochs=12)
+    jid = _submit(stack, epochs=8)
     stack.wait_epoch(jid, 1)
     # the same job id delivered twice more while it runs: the idle worker takes them
     sender = make_celery(Settings(redis_url=stack.redis.url))
@@ -108,7 +108,7 @@ def test_a_second_delivery_while_the_lease_lives_does_nothing(stack: Stack) -> N
         f"job {jid}: lease held by another delivery" in stack.log(w) for w in ("w1", "w2")), timeout=60)
     job = stack.wait_final(jid)
     assert job["attempts"] == 1
-    _assert_ran_once_per_attempt(stack, job, 12)
+    _assert_ran_once_per_attempt(stack, job, 8)
 
 
 def test_whole_worker_killed_mid_epoch_resumes_on_the_other_worker(stack: Stack) -> None:
