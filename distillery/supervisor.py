@@ -25,9 +25,12 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 from distillery import redis_server
+
+WORKER_NICE = 10  # see build_children: the API answers first, the worker trains with the rest
 
 log = logging.getLogger("distillery")
 
@@ -124,6 +127,13 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
 
+def _prepare_child(nice: int) -> None:
+    _die_with_parent()
+    if nice:
+        with contextlib.suppress(OSError):
+            os.nice(nice)
+
+
 def describe_exit(code: int) -> str:
     if code < 0:
         with contextlib.suppress(ValueError):
@@ -144,8 +154,10 @@ class Child:
         layer: int,
         ready: Callable[[Child], None] | None = None,
         backoff: Backoff | None = None,
+        nice: int = 0,
     ) -> None:
         self.name, self.argv, self.env = name, list(argv), env
+        self.nice = nice
         # Children start in ascending layer order and stop in descending order: Redis (0) is up
         # before the worker and API (1) need it and goes down only after they have stopped.
         self.layer = layer
@@ -169,7 +181,7 @@ class Child:
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=partial(_prepare_child, self.nice),
             )
         except OSError as exc:
             log.error("%s could not be started: %s", self.name, exc)
@@ -401,7 +413,10 @@ def run_up(
     env["KD_REDIS_URL"] = redis_url
 
     cli = [sys.executable, "-m", "distillery"]
-    children.append(Child("worker", [*cli, "worker", "--queues", ",".join(queues)], env, layer=1))
+    # On one machine the worker trains on every core; at a lower CPU priority it leaves the API (and
+    # Redis) the time they need to answer quickly, while still taking all the CPU nobody else wants.
+    children.append(Child("worker", [*cli, "worker", "--queues", ",".join(queues)], env, layer=1,
+                          nice=WORKER_NICE))
     children.append(Child("api", [*cli, "api", "--host", host, "--port", str(port)], env, layer=1))
 
     url = display_url(host, port)

@@ -546,3 +546,13 @@ def test_up_real_stack_healthz_then_ctrl_c(tmp_path: Path) -> None:
     with distillery_up(tmp_path, clean_env(), ready_timeout=240) as (proc, base, log_path):
         assert http_status(base + "/docs") == 200
         ctrl_c_and_check_nothing_is_left(proc, tmp_path, log_path)
+
+
+def test_worker_under_up_runs_at_a_lower_cpu_priority_than_the_api(tmp_path: Path) -> None:
+    # The worker trains on every core; the API must still answer status requests quickly.
+    out = tmp_path / "nice"
+    probe = [sys.executable, "-c", f"import os; open({str(out)!r}, 'w').write(str(os.nice(0)))"]
+    child = supervisor.Child("probe", probe, dict(os.environ), layer=1, nice=supervisor.WORKER_NICE)
+    assert child.start()
+    assert child.proc is not None and child.proc.wait(30) == 0
+    assert int(out.read_text()) == min(19, os.nice(0) + supervisor.WORKER_NICE)
