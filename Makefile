@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint contract bench-mnist clean
+.PHONY: install run test lint contract bench-mnist bench-methods clean
 
 # Idempotent: re-installs only when pyproject.toml changed.
 install: $(STAMP)
@@ -22,6 +22,9 @@ test: install
 
 bench-mnist: install
 	$(BIN)/python benchmarks/mnist_service.py
+
+bench-methods: install
+	$(BIN)/python benchmarks/methods.py
 
 lint: install
 	$(BIN)/ruff check .
