@@ -8,6 +8,7 @@ only through `should_stop()`.
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -100,6 +101,27 @@ def resolve_precision(requested: str, device: torch.device) -> str:
     return "fp32"
 
 
+@functools.cache
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs with native bf16 dot products (AVX-512 BF16 or AMX): there a bf16 matmul runs about twice
+    as fast as fp32 (measured on an AMD EPYC with avx512_bf16: 195 against 83 GFLOP/s); elsewhere it is
+    emulated and hundreds of times slower."""
+    try:
+        flags = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+
+
+def resolve_teacher_precision(requested: str, device: torch.device, precision: str) -> str:
+    """The teacher only infers, so with precision auto it may run in bf16 where the student trains in fp32:
+    on CPUs with native bf16 its forward takes half the time, and its soft targets move by about 0.4 % of
+    the largest logit, far below what changes a student (docs/benchmarks.md compares the accuracies)."""
+    if requested == "auto" and device.type == "cpu" and precision == "fp32" and cpu_has_fast_bf16():
+        return "bf16"
+    return precision
+
+
 def _autocast(device: torch.device, precision: str) -> AbstractContextManager[Any]:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     # fp32: no autocast object at all (entering a disabled one still costs per step)
@@ -110,8 +132,12 @@ def sane_threads() -> int:
     """Caps torch's intra-op threads at the CPUs this process may use (affinity and cgroup quota).
 
     torch sizes its pool from the host's cores; in a container limited to fewer CPUs the extra OpenMP
-    threads wait on each other at every small matmul, which costs far more than they bring.
+    threads wait on each other at every small matmul, which costs far more than they bring. KD_TORCH_THREADS
+    sets the count outright (1 on a machine whose cores other processes keep busy: see docs/benchmarks.md).
     """
+    if os.environ.get("KD_TORCH_THREADS", "").isdigit() and int(os.environ["KD_TORCH_THREADS"]) > 0:
+        torch.set_num_threads(int(os.environ["KD_TORCH_THREADS"]))  # the operator's choice wins
+        return torch.get_num_threads()
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     try:
         quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
@@ -272,11 +298,14 @@ def _train_phase(phase: str, method: str, spec: JobSpec, data: TensorData, teach
         state["history"] = history
         return distiller
     t_cache = time.perf_counter()
-    cached = _teacher_cache_for_phase(distiller, spec, data, teachers, device, precision, cache, on_event,
+    t_precision = resolve_teacher_precision(spec.resources.precision, device, precision)
+    cached = _teacher_cache_for_phase(distiller, spec, data, teachers, device, t_precision, cache, on_event,
                                       should_stop)
     if cached is not None:
-        state["teacher_cache"] = cached.status
+        state["teacher_cache"], state["teacher_precision"] = cached.status, t_precision
     t_out_all: TeacherOutput | None = cached.output if cached else None
+    # per step, a teacher in another precision than the student runs apart, under its own autocast
+    teacher_apart = bool(distiller.teachers) and t_out_all is None and t_precision != precision
     pending_s = time.perf_counter() - t_cache  # counted in the first epoch trained: it is done for it
     compiled = _compile_student(distiller.student, spec.resources.compile)
     if compiled.startswith("failed"):
@@ -294,6 +323,9 @@ def _train_phase(phase: str, method: str, spec: JobSpec, data: TensorData, teach
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         t_out = t_out_all.index(idx) if t_out_all is not None else None
+        if teacher_apart:
+            with _autocast(device, t_precision):
+                t_out = distiller.teacher_forward(x)
         with _autocast(device, precision):
             _, terms = distiller.forward_train(x, y, frac_epoch, t_out)
             if not names:
@@ -460,7 +492,7 @@ def run(spec: JobSpec, data: TensorData, teachers: list[Teacher], workdir: Path,
         ev = evaluate(student, data.x_test, data.y_test, device, precision)
         preds = ev.pop("preds")
         result: dict[str, Any] = {"top1": ev["top1"], "top5": ev["top5"], "epochs": state.pop("history")}
-        for k in ("teacher_cache", "compile"):
+        for k in ("teacher_cache", "teacher_precision", "compile"):
             if k in state:
                 result[k] = state.pop(k)
         if phase == "distill":
@@ -520,6 +552,7 @@ def build_report(spec: JobSpec, done: dict[str, Any], teachers: list[Teacher], d
         # which path the teacher took: "built" / "hit" (outputs computed once, reused every epoch) or
         # "off (augmentation)" etc. (teacher run at every step)
         report["teacher_cache"] = s.get("teacher_cache")
+        report["teacher_precision"] = s.get("teacher_precision", precision)
     if "baseline" in done:
         b = done["baseline"]
         report["baseline"] = {"top1": b["top1"], "top5": b["top5"], "epochs": b["epochs"]}
