@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint contract bench-mnist bench-methods clean
+.PHONY: install run test lint contract bench-mnist bench-methods bench-throughput clean
 
 # Idempotent: re-installs only when pyproject.toml changed.
 install: $(STAMP)
@@ -25,6 +25,11 @@ bench-mnist: install
 
 bench-methods: install
 	$(BIN)/python benchmarks/methods.py
+
+# kdcore vs torchdistill (the benchmark-only extra `bench`) vs a textbook loop; see docs/benchmarks.md
+bench-throughput: install
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	$(BIN)/python benchmarks/throughput.py $(ARGS)
 
 lint: install
 	$(BIN)/ruff check .
