@@ -198,7 +198,8 @@ def run_kdcore(job: str, args: argparse.Namespace, mode: str) -> dict[str, Any]:
         rep = run(spec, data, [t], Path(tmp) / "job", cache_dir=cache_dir, teacher_cache=mode != "kdcore-nocache")
     train_s = sum(e["seconds"] for e in rep["epochs"])
     return {"train_seconds": train_s, "images": args.epochs * data.x_train.shape[0], "top1": rep["student"]["top1"],
-            "teacher_cache": rep.get("teacher_cache"), "precision": rep["precision"], "compile": rep.get("compile"),
+            "teacher_cache": rep.get("teacher_cache"), "compile": rep.get("compile"),
+            "precision": f"{rep.get('teacher_precision', rep['precision'])} / {rep['precision']}",
             "peak_memory": _peak_memory(device), "wall_seconds": rep["wall_seconds"]}
 
 
@@ -287,8 +288,8 @@ def run_torchdistill(job: str, args: argparse.Namespace) -> dict[str, Any]:
         "num_epochs": args.epochs,
         "train_data_loader": {"dataset_id": "train", "sampler": {"class_or_func": RandomSampler, "kwargs": {}},
                               "kwargs": {"batch_size": BATCH, **kw}},
-        "teacher": {"requires_grad": False},
-        "student": {"requires_grad": True},
+        "teacher": {"forward_proc": "forward_batch_only", "requires_grad": False},
+        "student": {"forward_proc": "forward_batch_only", "requires_grad": True},
         "optimizer": {"key": "SGD", "kwargs": {"lr": LR, "momentum": MOMENTUM, "weight_decay": WD, "nesterov": True}},
         "scheduler": {"key": "CosineAnnealingLR", "kwargs": {"T_max": steps}, "scheduling_step": 1},
         "criterion": {"key": "WeightedSumLoss", "kwargs": {"sub_terms": {"kd": {
@@ -319,6 +320,11 @@ def run_torchdistill(job: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def child(args: argparse.Namespace) -> None:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)  # the same count for every contender
+        os.environ["KD_TORCH_THREADS"] = str(args.threads)
     job, who = args.child
     if who.startswith("kdcore"):
         out = run_kdcore(job, args, who)
@@ -330,13 +336,14 @@ def child(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- roofline
-def matmul_peak_gflops(seconds: float = 1.0) -> float:
-    """Best fp32 GFLOP/s of square matmuls (2048 and 4096) with all of torch's threads."""
+def matmul_peak_gflops(seconds: float = 1.0, dtype: str = "fp32") -> float:
+    """Best GFLOP/s of square matmuls (2048 and 4096) with the threads the contenders use."""
     import torch
 
     best = 0.0
+    dt = torch.bfloat16 if dtype == "bf16" else torch.float32
     for n in (2048, 4096):
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        a, b = torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)
         a @ b
         reps, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:
@@ -371,7 +378,8 @@ def flops_per_image(job: str, args: argparse.Namespace) -> tuple[float, float]:
 def _spawn(job: str, who: str, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", job, who, "--epochs", str(args.epochs), "--teacher", str(args.teacher),
            "--mnist-root", str(args.mnist_root), "--cache-dir", str(args.cache_dir), "--precision", args.precision,
-           "--loader-workers", str(args.loader_workers)] + (["--compile"] if args.compile else [])
+           "--loader-workers", str(args.loader_workers), "--threads", str(args.threads)] + (
+               ["--compile"] if args.compile else [])
     t0 = time.time()
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -413,17 +421,18 @@ def bench_job(job: str, args: argparse.Namespace, peak: float) -> dict[str, Any]
     for c in who:
         res = best[c]
         if "error" in res:
-            rows.append([LABELS[c], "error: " + res["error"][:120], "", "", "", "", ""])
+            rows.append([LABELS[c], "error: " + res["error"][-200:].replace("\n", " "), "", "", "", "", "", ""])
             continue
         fl = per_step_fl if c in ("textbook", "torchdistill", "kdcore-nocache") else (
             s_fl if c == "kdcore-hit" else cached_fl)
         ratios = " / ".join(f"{res['images_per_s'] / best[p]['images_per_s']:.2f}x"
                             if p in best and "images_per_s" in best[p] else "n/a" for p in ("textbook", "torchdistill"))
-        rows.append([LABELS[c], f"{res['images_per_s']:,.0f}", ratios, f"{100 * res['top1']:.2f}",
+        prec = res["precision"] if "/" in res["precision"] else f"{res['precision']} / {res['precision']}"
+        rows.append([LABELS[c], f"{res['images_per_s']:,.0f}", ratios, f"{100 * res['top1']:.2f}", prec,
                      f"{res['peak_memory'] / 2**20:,.0f}", f"{fl / 1e6:.2f}",
                      f"{100 * res['images_per_s'] * fl / (peak * 1e9):.0f} %"])
     mem = "peak GPU MiB" if JOBS[job]["device"] == "cuda" else "peak RSS MiB"
-    table = _table(rows, ["loop", "images/s", "vs textbook / torchdistill", "test top-1 %", mem,
+    table = _table(rows, ["loop", "images/s", "vs textbook / torchdistill", "test top-1 %", "teacher / student", mem,
                           "MFLOP/image", "share of fp32 peak"])
     roof = (f"roofline: teacher forward {t_fl / 1e6:.2f} MFLOP/image, student forward+backward {s_fl / 1e6:.2f}; "
             f"per step (teacher every step) {per_step_fl / 1e6:.2f} MFLOP/image -> {peak * 1e9 / per_step_fl:,.0f} "
@@ -445,6 +454,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="runs per contender; the best counts")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="kdcore's")
     ap.add_argument("--compile", action="store_true", help="kdcore with resources.compile: true")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads for every contender (0: torch's default, one per core)")
     ap.add_argument("--loader-workers", type=int, default=0,
                     help="DataLoader workers of the peers (0: in the training process; on 2 cores the fastest)")
     ap.add_argument("--mnist-root", type=Path, default=ROOT.parent / "shared" / "datasets" / "mnist")
@@ -459,9 +470,12 @@ def main() -> None:
     import torch
 
     args.cache_dir.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if any(j != "gpu" for j in args.job):
         args.teacher = args.teacher or ensure_teacher(args.cache_dir, args.mnist_root)
     peak = matmul_peak_gflops()
+    peak_bf16 = matmul_peak_gflops(dtype="bf16")
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
@@ -470,9 +484,12 @@ def main() -> None:
         pass
     print(f"# distillation throughput, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n\nmachine: {cpu}, "
           f"{os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-          f"load average {os.getloadavg()[0]:.2f} at start; measured fp32 matmul peak {peak:.1f} GFLOP/s", flush=True)
+          f"load average {os.getloadavg()[0]:.2f} at start; measured matmul peak fp32 {peak:.1f} GFLOP/s, "
+          f"bf16 {peak_bf16:.1f} GFLOP/s", flush=True)
     results = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": cpu, "cpus": os.cpu_count(),
-               "torch": torch.__version__, "fp32_peak_gflops": peak, "epochs": args.epochs, "repeat": args.repeat,
+               "torch": torch.__version__, "threads": torch.get_num_threads(), "fp32_peak_gflops": peak,
+               "bf16_peak_gflops": peak_bf16, "load_average_start": os.getloadavg()[0],
+               "epochs": args.epochs, "repeat": args.repeat,
                "command": " ".join([Path(sys.executable).name, *sys.argv]), "jobs": {}}
     for job in args.job:
         results["jobs"][job] = bench_job(job, args, peak)
