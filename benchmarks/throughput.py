@@ -101,7 +101,7 @@ def ensure_teacher(cache_dir: Path, mnist_root: Path, epochs: int = 6) -> Path:
     spec = JobSpec.model_validate({
         "student": {"architecture": "mlp", "kwargs": {"hidden": TEACHER_HIDDEN, "dropout": 0.2}},
         "dataset": {"name": "mnist"}, "distillation": {"method": "none"},
-        "training": {"epochs": epochs, "batch_size": BATCH, "lr": LR, "seed": SEED}, "resources": {"device": "cpu"}})
+        "training": {"epochs": epochs, "batch_size": BATCH, "lr": LR, "seed": 0}, "resources": {"device": "cpu"}})
     with tempfile.TemporaryDirectory() as tmp:
         rep = run(spec, load_dataset("mnist", mnist_root.parent), [], Path(tmp))
         shutil.copy(Path(tmp) / "student.safetensors", path.with_suffix(".tmp"))
@@ -139,7 +139,7 @@ def _models(job: str, args: argparse.Namespace, device: Any):
     spec = JOBS[job]
     if job == "gpu":
         info = synthetic_cifar().info
-        torch.manual_seed(SEED + 1)
+        torch.manual_seed(1)  # the teacher does not change with --seed
         teacher = create_model(spec["teacher"]["architecture"], num_classes=info.num_classes, in_channels=3,
                                input_size=(32, 32)).to(device).eval()
     else:
@@ -378,7 +378,7 @@ def flops_per_image(job: str, args: argparse.Namespace) -> tuple[float, float]:
 def _spawn(job: str, who: str, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", job, who, "--epochs", str(args.epochs), "--teacher", str(args.teacher),
            "--mnist-root", str(args.mnist_root), "--cache-dir", str(args.cache_dir), "--precision", args.precision,
-           "--loader-workers", str(args.loader_workers), "--threads", str(args.threads)] + (
+           "--loader-workers", str(args.loader_workers), "--threads", str(args.threads), "--seed", str(args.seed)] + (
                ["--compile"] if args.compile else [])
     t0 = time.time()
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
@@ -454,6 +454,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="runs per contender; the best counts")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="kdcore's")
     ap.add_argument("--compile", action="store_true", help="kdcore with resources.compile: true")
+    ap.add_argument("--seed", type=int, default=SEED, help="student init and data order (the teacher keeps seed 0)")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch threads for every contender (0: torch's default, one per core)")
     ap.add_argument("--loader-workers", type=int, default=0,
@@ -464,6 +465,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "throughput.json")
     ap.add_argument("--child", nargs=2, metavar=("JOB", "CONTENDER"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    global SEED
+    SEED = args.seed
     if args.child:
         child(args)
         return
