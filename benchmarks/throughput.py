@@ -447,6 +447,7 @@ def bench_job(job: str, args: argparse.Namespace, peak: float) -> dict[str, Any]
 
 
 def main() -> None:
+    global SEED
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--job", nargs="+", choices=list(JOBS), default=["job1", "job2", "gpu"])
     ap.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=CONTENDERS)
@@ -465,7 +466,6 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "throughput.json")
     ap.add_argument("--child", nargs=2, metavar=("JOB", "CONTENDER"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    global SEED
     SEED = args.seed
     if args.child:
         child(args)
