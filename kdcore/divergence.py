@@ -9,7 +9,11 @@ since the soft term is scaled by T^2. The rules look at the per-epoch history on
   a tenth of the way) for `FELL_EPOCHS` epochs in a row;
 - blew up: near chance for `BLEW_UP_EPOCHS` epochs in a row while the epoch training loss has been at
   least `BLOW_UP_FACTOR` times its lowest value (a student that is merely slow to learn, or data with
-  random labels, sits near chance with a flat loss and is left alone).
+  random labels, sits near chance with a flat loss and is left alone);
+- stuck below a good teacher: a distilled student near chance for `BLEW_UP_EPOCHS` epochs in a row
+  while its teacher scores at least halfway from chance to perfect on the same test split. The data
+  is learnable (the teacher learned it), so the step is what keeps the student at chance: the MNIST
+  case above, where the student never left chance and its loss stayed flat.
 """
 from __future__ import annotations
 
@@ -24,7 +28,8 @@ class Diverged(Exception):
     """Raised with a message that says what happened and what to change."""
 
 
-def check_divergence(history: list[dict[str, Any]], num_classes: int, lr: float, temperature: float | None) -> None:
+def check_divergence(history: list[dict[str, Any]], num_classes: int, lr: float, temperature: float | None,
+                     teacher_top1: float | None = None) -> None:
     """Raises Diverged when the history (rows with epoch, train_loss, test_top1) shows a diverged run."""
     if num_classes < 2 or not history:
         return
@@ -41,6 +46,11 @@ def check_divergence(history: list[dict[str, Any]], num_classes: int, lr: float,
     if len(accs) > FELL_EPOCHS and max(accs[:-FELL_EPOCHS]) >= good and all(a <= near for a in accs[-FELL_EPOCHS:]):
         raise Diverged(f"training diverged: test accuracy fell from {max(accs):.3f} to {accs[-1]:.3f} by epoch "
                        f"{epoch} (chance is {chance:.3f}); {advice}")
+    if (teacher_top1 is not None and teacher_top1 >= good and len(accs) >= BLEW_UP_EPOCHS
+            and all(a <= near for a in accs[-BLEW_UP_EPOCHS:])):
+        raise Diverged(f"training diverged: test accuracy has stayed at chance ({accs[-1]:.3f}, chance {chance:.3f}) "
+                       f"for {BLEW_UP_EPOCHS} epochs up to epoch {epoch} although the teacher scores "
+                       f"{teacher_top1:.3f} on the same data; {advice}")
     low = min(losses)
     if (len(accs) >= BLEW_UP_EPOCHS and all(a <= near for a in accs[-BLEW_UP_EPOCHS:])
             and low > 0 and max(losses) >= BLOW_UP_FACTOR * low):

@@ -385,7 +385,9 @@ def _train_phase(phase: str, method: str, spec: JobSpec, data: TensorData, teach
         on_event("epoch", {"phase": phase, **row, "epochs": tr.epochs})
         try:  # a finite loss can still diverge: the student falls to chance (kdcore.divergence)
             check_divergence(history, info.num_classes, tr.lr,
-                             spec.distillation.temperature if method != "none" else None)
+                             spec.distillation.temperature if method != "none" else None,
+                             teacher_top1=(state.get("done") or {}).get("teacher", {}).get("top1")
+                             if method != "none" else None)
         except Diverged as e:
             raise JobError("diverged", str(e)) from None
         # the whole distiller: the student plus a method's own modules (regressors, the DML peer)
