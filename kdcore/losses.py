@@ -62,9 +62,10 @@ def dkd_terms(student_logits: torch.Tensor, log_p_t: torch.Tensor, labels: torch
     log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
     gt = F.one_hot(labels, student_logits.shape[1]).bool()
     lt_s, lt_t = log_p_s[gt], log_p_t[gt]  # log p(target), [B]
-    # log(1 - p) computed stably from log p
-    lo_s = torch.log1p(-lt_s.exp().clamp(max=1 - 1e-7))
-    lo_t = torch.log1p(-lt_t.exp().clamp(max=1 - 1e-7))
+    # log(1 - p_target) as the log-sum of the other classes' probabilities: exact even when the target
+    # takes nearly all the mass (1 - exp(log p) would round to 0 in float32 for a confident teacher)
+    lo_s = torch.logsumexp(log_p_s.masked_fill(gt, float("-inf")), dim=1)
+    lo_t = torch.logsumexp(log_p_t.masked_fill(gt, float("-inf")), dim=1)
     tckd = (lt_t.exp() * (lt_t - lt_s) + lo_t.exp() * (lo_t - lo_s)).mean() * t2
     # non-target distributions: drop the target class, renormalize by (1 - p_target)
     nt_s = (log_p_s - lo_s[:, None]).masked_fill(gt, 0.0)

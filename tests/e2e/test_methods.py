@@ -39,7 +39,7 @@ def test_catalog_lists_each_method_with_its_parameters(service) -> None:
     with service.client() as http:
         methods = {m["name"]: m for m in http.get("/v1/catalog").json()["methods"]}
     assert {"none", "kd", "dkd", "fitnets", "at", "dml"} <= set(methods)
-    assert methods["dkd"]["params"]["properties"]["beta"]["default"] == 8.0
+    assert methods["dkd"]["params"]["properties"]["beta"]["default"] == 2.0
     assert "pairs" in methods["at"]["params"]["properties"]
     assert "temperature" in methods["kd"]["common"]["schedule"]["properties"]
 
