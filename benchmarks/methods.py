@@ -17,7 +17,6 @@ import argparse
 import json
 import platform
 import tempfile
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,9 @@ ROWS: dict[str, tuple[str, dict[str, Any], list[str]]] = {
     "kd": ("kd", {}, ["A"]),
     "dkd": ("dkd", {}, ["A"]),
     "fitnets": ("fitnets", {}, ["A"]),
+    "fitnets, hint_weight 0.1": ("fitnets", {"params": {"hint_weight": 0.1}}, ["A"]),
     "at": ("at", {}, ["A"]),
+    "at, beta 100": ("at", {"params": {"beta": 100.0}}, ["A"]),
     "kd, 2 teachers": ("kd", {}, ["A", "B"]),
     "kd, teacher assistant": ("kd", {}, ["TA"]),
     "kd, T 8->2 linear, 1 warm-up epoch": ("kd", {"schedule": {"temperature": {"kind": "linear", "start": 8, "end": 2},
@@ -97,14 +98,11 @@ def main() -> None:
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     rows = {k: v for k, v in ROWS.items() if not only or k in only or v[0] in only}
 
-    timings: dict[str, float] = {}
     reports: dict[str, dict[str, Any]] = {}
 
     def train(name: str, spec: JobSpec, teachers: list[Teacher]) -> dict[str, Any]:
-        t0 = time.time()
-        # a finished run left in --work is reused (its checkpoint says so); its time then reads near 0
+        # a finished run left in --work is reused (its checkpoint says so)
         rep = run(spec, data, teachers, work / _slug(name), _log(name))
-        timings[name] = time.time() - t0
         reports[name] = rep
         return rep
 
@@ -124,12 +122,13 @@ def main() -> None:
 
     s_params = count_params(create_model(STUDENT["architecture"], num_classes=10, in_channels=1,
                                          input_size=(28, 28), **STUDENT["kwargs"]))
-    lines = ["| run | method | top-1 | KD gain (points) | time (s) |", "|---|---|---|---|---|"]
+    lines = ["| run | method | top-1 | KD gain (points) | train+eval time (s) |", "|---|---|---|---|---|"]
     table = []
     for name, rep in reports.items():
         top1 = rep["student"]["top1"]
         gain = None if name.startswith(("teacher", "assistant")) or name == "baseline" else 100 * (top1 - base)
-        secs = timings[name]
+        # training plus evaluation time from the report itself, so that a run reused from --work keeps it
+        secs = sum(e["seconds"] + e.get("eval_seconds", 0.0) for e in rep["epochs"])
         table.append({"run": name, "method": rep["method"], "top1": top1, "kd_gain_points": gain,
                       "seconds": round(secs, 1), "peer_top1": rep.get("peer", {}).get("top1")})
         gain_s = "" if gain is None else f"{gain:+.2f}"
