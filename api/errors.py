@@ -57,7 +57,17 @@ class Problem(Exception):
 
 def invalid(loc: tuple[str | int, ...] | list[str | int], msg: str) -> Problem:
     """A 422 naming one field (loc starts with 'body', 'query', 'path' or 'header')."""
-    return Problem(422, f"{'.'.join(str(x) for x in loc[1:]) or loc[0]}: {msg}", [{"loc": list(loc), "msg": msg}])
+    return invalid_fields([{"loc": list(loc), "msg": msg}])
+
+
+def _field_path(loc: list[Any]) -> str:
+    return ".".join(str(x) for x in loc[1:]) or (str(loc[0]) if loc else "")
+
+
+def invalid_fields(errors: list[dict[str, Any]]) -> Problem:
+    """A 422 listing every bad field (each error: loc starting with 'body'/'query'/…, msg); the detail
+    names the first five."""
+    return Problem(422, "; ".join(f"{_field_path(e['loc'])}: {e['msg']}" for e in errors[:5]), errors)
 
 
 def problem_response(status: int, detail: str, errors: list[dict[str, Any]] | None = None,
@@ -127,9 +137,8 @@ def install(app: FastAPI) -> None:
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"loc": list(e.get("loc", ())), "msg": _clean_msg(str(e.get("msg", ""))), "type": e.get("type")}
                   for e in exc.errors()]
-        detail = "; ".join(f"{'.'.join(str(x) for x in e['loc'][1:]) or e['loc'][0] if e['loc'] else ''}: {e['msg']}"
-                           for e in errors[:5])
-        return problem_response(422, detail, errors)
+        problem = invalid_fields(errors)
+        return problem_response(422, problem.detail, errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

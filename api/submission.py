@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from api.errors import Problem
+from api.errors import invalid_fields
 from kdcore.checkpoints import DATASET_FORMATS, CheckpointError, inspect_upload
 from kdcore.datasets import DatasetError, DatasetInfo, dataset_info
 from kdcore.methods import METHODS
@@ -112,5 +112,4 @@ def check_submission(spec: JobSpec, tenant: str, store: JobStore, artifacts: Art
             errors.append({"loc": [*base, field], "msg": f"teacher outputs {outputs} classes but dataset "
                            f"{info.name} has {info.num_classes}"})
     if errors:
-        detail = "; ".join(f"{'.'.join(str(x) for x in e['loc'][1:])}: {e['msg']}" for e in errors[:5])
-        raise Problem(422, detail, errors)
+        raise invalid_fields(errors)

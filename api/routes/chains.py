@@ -13,7 +13,7 @@ from fastapi import APIRouter, Header, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api.deps import ArtifactsDep, QuotasDep, StoreDep, TenantDep
-from api.errors import Problem, problems
+from api.errors import invalid_fields, problems
 from api.routes.jobs import create_and_enqueue, job_slots
 from api.schemas import JobPublic
 from api.submission import check_submission
@@ -80,8 +80,7 @@ def _links(chain: ChainCreate) -> list[JobSpec]:
         except ValidationError as e:
             errors = [{"loc": ["body", *(str(x) for x in err["loc"])] if err["loc"] else [*where],
                        "msg": err["msg"]} for err in e.errors()]
-            raise Problem(422, "; ".join(f"{'.'.join(str(x) for x in er['loc'][1:])}: {er['msg']}"
-                                         for er in errors), errors) from None
+            raise invalid_fields(errors) from None
     return specs
 
 
@@ -106,8 +105,7 @@ def submit_chain(chain: ChainCreate, request: Request, response: Response, tenan
                        for loc, msg in semantic_errors(spec, info.num_classes, info.in_channels)
                        if loc[0] == "student"]
         if errors:
-            raise Problem(422, "; ".join(f"{'.'.join(str(x) for x in e['loc'][1:])}: {e['msg']}"
-                                         for e in errors), errors)
+            raise invalid_fields(errors)
     jobs: list[dict[str, Any]] = []
     # every link counts against the tenant's open-job limit: all of them are admitted, or none (429)
     with job_slots(quotas, store, tenant, len(specs), f"{idempotency_key}:0" if idempotency_key else None) as slots:
