@@ -278,13 +278,18 @@ class Regressor(nn.Module):
         return f_t if self.spatial else as_vector(f_t)
 
 
-class FitNetsParams(BaseModel):
+class _FeatureParams(BaseModel):
+    """What every feature method takes: which layers to compare, and whether the logit term joins in."""
+
     model_config = ConfigDict(extra="forbid")
 
     pairs: list[LayerPair] = Field(default_factory=list, description="teacher/student layer pairs; empty: the "
                                    "last feature block of each, paired automatically")
+    kd: bool = Field(True, description="also use the logit term (alpha, T); false: CE + the feature term only")
+
+
+class FitNetsParams(_FeatureParams):
     hint_weight: float = Field(1.0, ge=0, le=1e4, description="weight of the hint (MSE) term")
-    kd: bool = Field(True, description="also use the logit term (alpha, T); false: CE + hint only")
 
 
 @register_method("fitnets", description="Hints: MSE between a teacher layer and a learned regressor (1x1 conv or "
@@ -336,14 +341,9 @@ def _unit_count(f: torch.Tensor) -> int:
     return int(f.shape[1])  # channels of a map, tokens of a sequence, units of a vector
 
 
-class ATParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    pairs: list[LayerPair] = Field(default_factory=list, description="teacher/student layer pairs; empty: the "
-                                   "last feature block of each, paired automatically")
+class ATParams(_FeatureParams):
     beta: float = Field(1000.0, ge=0, le=1e6, description="weight of the attention term (the paper's beta)")
     p: float = Field(2.0, gt=0, le=8, description="exponent of the attention map, |f|^p")
-    kd: bool = Field(True, description="also use the logit term (alpha, T); false: CE + attention only")
 
 
 @register_method("at", description="Attention transfer: beta * mean squared difference of the L2-normalized "

@@ -398,6 +398,14 @@ def _train_phase(phase: str, method: str, spec: JobSpec, data: TensorData, teach
     return distiller
 
 
+def _peer_model(spec: JobSpec) -> tuple[str, dict[str, Any]]:
+    """DML's second student: (architecture, kwargs), defaulting to the student's own."""
+    p = spec.distillation.params
+    arch = p.get("peer_architecture") or spec.student.architecture
+    kw = p.get("peer_kwargs")
+    return arch, dict(spec.student.kwargs if kw is None and arch == spec.student.architecture else kw or {})
+
+
 def _build_distiller(method: str, spec: JobSpec, student: nn.Module, teachers: list[Teacher], data: TensorData,
                      device: torch.device) -> Distiller:
     """The method around the student, set up from a dry run on a few training samples (feature layers
@@ -405,9 +413,7 @@ def _build_distiller(method: str, spec: JobSpec, student: nn.Module, teachers: l
     d, info = spec.distillation, data.info
     extra: dict[str, Any] = {}
     if method == "dml":
-        arch = d.params.get("peer_architecture") or spec.student.architecture
-        kw = d.params.get("peer_kwargs")
-        kw = dict(spec.student.kwargs if kw is None and arch == spec.student.architecture else kw or {})
+        arch, kw = _peer_model(spec)
         kw = validate_model_kwargs(arch, kw, num_classes=info.num_classes, in_channels=info.in_channels)
         extra["peer"] = create_model(arch, num_classes=info.num_classes, in_channels=info.in_channels,
                                      input_size=info.image_size, **kw).to(device)
@@ -505,9 +511,7 @@ def run(spec: JobSpec, data: TensorData, teachers: list[Teacher], workdir: Path,
             if teacher_preds is not None:
                 result["agreement"] = round(float((preds == teacher_preds).float().mean().item()), 6)
             for name, model in distiller.extra_students().items():  # the DML peer
-                arch = spec.distillation.params.get("peer_architecture") or spec.student.architecture
-                kw = spec.distillation.params.get("peer_kwargs")
-                kw = spec.student.kwargs if kw is None and arch == spec.student.architecture else kw or {}
+                arch, kw = _peer_model(spec)
                 e2 = evaluate(model, data.x_test, data.y_test, device, precision)
                 e2.pop("preds")
                 size2 = save_student(model, workdir / f"{name}.safetensors", architecture=arch, kwargs=kw,

@@ -9,7 +9,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +145,15 @@ class Stack:
         stop_group(self.api)
         self.redis.stop()
         self.r.close()
+
+
+@contextmanager
+def running_stack(tmp: Path, dataset_root: Path, worker: str = "w1") -> Iterator[Stack]:
+    """A stack with one worker, ready (/readyz 200); stopped on exit whatever happened."""
+    s = Stack(tmp, dataset_root)
+    try:
+        s.start_worker(worker)
+        s.wait_ready()
+        yield s
+    finally:
+        s.close()

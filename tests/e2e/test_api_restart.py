@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.stack import Stack, wait_for
+from tests.e2e.stack import Stack, running_stack, wait_for
 from tests.e2e.test_jobs import spec
 from worker.store import JobStore
 
@@ -22,13 +22,8 @@ TINY = spec(student={"architecture": "mlp", "kwargs": {"hidden": [16]}}, trainin
 
 @pytest.fixture
 def stack(tmp_path: Path, dataset_root: Path):
-    s = Stack(tmp_path, dataset_root)
-    try:
-        s.start_worker("w1")
-        s.wait_ready()
+    with running_stack(tmp_path, dataset_root) as s:
         yield s
-    finally:
-        s.close()
 
 
 def _restart_api(s: Stack) -> None:

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from api.settings import Settings
-from tests.e2e.stack import Stack, pool_children, wait_for
+from tests.e2e.stack import Stack, pool_children, running_stack, wait_for
 from tests.e2e.test_jobs import spec
 from worker.celery_app import RUN_JOB, make_celery
 
@@ -28,16 +28,13 @@ LONG = {"epochs": 12, "batch_size": 32, "lr": 0.01, "seed": 1}
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, dataset_root: Path) -> Iterator[Stack]:
-    s = Stack(tmp_path_factory.mktemp("faults"), dataset_root)
-    try:
-        s.start_worker("w1")
-        s.wait_ready()
-        yield s
-    finally:
-        s.close()
-        if os.environ.get("KD_TEST_SHOW_LOGS"):
-            for name in ("w1", "w2", "api"):
-                print(f"==== {name}\n{s.log(name)[-6000:]}")
+    with running_stack(tmp_path_factory.mktemp("faults"), dataset_root) as s:
+        try:
+            yield s
+        finally:
+            if os.environ.get("KD_TEST_SHOW_LOGS"):
+                for name in ("w1", "w2", "api"):
+                    print(f"==== {name}\n{s.log(name)[-6000:]}")
 
 
 def _submit(stack: Stack, **training: Any) -> str:
