@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint contract bench-mnist bench-methods bench-throughput clean
+.PHONY: install run test lint contract bench-mnist bench-methods bench-throughput bench-load clean
 
 # Idempotent: re-installs only when pyproject.toml changed.
 install: $(STAMP)
@@ -30,6 +30,11 @@ bench-methods: install
 bench-throughput: install
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	$(BIN)/python benchmarks/throughput.py $(ARGS)
+
+# 500 jobs in a burst while 100 clients poll and stream; see docs/operations.md#load
+bench-load: install
+	$(BIN)/python -m pip install -q -e '.[dev,load]'
+	$(BIN)/python benchmarks/load.py $(ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 
 from api.errors import Problem
 from api.quotas import Quotas
+from api.reads import AsyncReads
 from api.settings import Settings
 from worker.artifacts import ArtifactStore
 from worker.store import JobStore
@@ -22,6 +23,10 @@ async def get_settings_dep(request: Request) -> Settings:
 
 async def get_store(request: Request) -> JobStore:
     return request.app.state.store
+
+
+async def get_reads(request: Request) -> AsyncReads:
+    return request.app.state.reads
 
 
 async def get_artifacts(request: Request) -> ArtifactStore:
@@ -53,6 +58,7 @@ async def get_tenant(request: Request) -> str:
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
+ReadsDep = Annotated[AsyncReads, Depends(get_reads)]
 ArtifactsDep = Annotated[ArtifactStore, Depends(get_artifacts)]
 TenantDep = Annotated[str, Depends(get_tenant)]
 QuotasDep = Annotated[Quotas, Depends(get_quotas)]

@@ -1,18 +1,24 @@
 """The FastAPI app factory. `uvicorn --factory api.main:create_app`, or `distillery api`."""
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
 from fastapi import FastAPI
 
 from api import errors
+from api.reads import AsyncReads, async_client
 from api.routes import artifacts, catalog, chains, health, jobs
 from api.settings import Settings, get_settings
-from api.sse import async_client
+from api.timing import ServerTiming
 from worker.artifacts import ArtifactStore
 from worker.celery_app import make_celery
 from worker.store import JobStore
+
+log = logging.getLogger("distillery.api")
 
 DESCRIPTION = """
 Knowledge distillation as a service. Upload a teacher (`POST /v1/artifacts`) or train one
@@ -24,13 +30,40 @@ The KD loss is `L = alpha * T^2 * KL(softmax(z_t/T) || softmax(z_s/T)) + (1 - al
 """
 
 
+async def warm_up(app: FastAPI) -> None:
+    """Opens the Redis connections and the broker connection, and loads Celery's lazily imported parts,
+    as soon as the API starts: otherwise the first requests after a start (often a burst: clients
+    retrying while the API restarted) pay for them, and the event loop stalls while they do. Run in the
+    background, so a Redis that is not up yet delays nothing (/readyz reports it)."""
+    celery = app.state.celery
+
+    def warm_sync() -> None:
+        app.state.store.r.ping()
+        celery.backend  # noqa: B018 - the property imports the result backend on first use
+        with celery.producer_or_acquire() as producer:
+            producer.connection.ensure_connection(max_retries=1)
+
+    try:
+        await app.state.aredis.ping()
+        await anyio.to_thread.run_sync(warm_sync)
+    except Exception as e:  # noqa: BLE001 - any failure here only means a slower first request
+        log.warning("warm-up skipped: %s", e)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.aredis = async_client(settings.redis)  # made on the serving loop: it binds to it
+        app.state.reads = AsyncReads(app.state.aredis)
+        # Plain `def` routes (submits, cancels, uploads' checks) run in this pool. Each thread in it
+        # competes with the event loop for the GIL; a few threads keep writes flowing without making the
+        # loop (status polls, event streams) wait its turn behind dozens of them.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
+        warming = asyncio.create_task(warm_up(app))  # in the background: a Redis still starting delays nothing
         yield
+        warming.cancel()
         await app.state.aredis.aclose()
         app.state.store.r.close()
 
@@ -41,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.celery = make_celery(settings)
     app.state.keys = settings.tenants_by_key()
     errors.install(app)
+    app.add_middleware(ServerTiming)
     for module in (health, catalog, artifacts, jobs, chains):
         app.include_router(module.router)
     return app

@@ -29,6 +29,7 @@ class Settings(BaseSettings):
                                                    "have at once; more answer 429 (unset: no limit)")
     max_tenant_upload_bytes: int | None = Field(None, ge=1, description="bytes of uploads a tenant may store in "
                                                 "all; more answer 413 (unset: no limit)")
+    api_threads: int = Field(8, ge=1, description="threads serving the API's blocking routes (submit, cancel, list)")
     lease_ttl_s: int = Field(60, ge=5, description="a job's lease lapses this long after its worker died")
     visibility_timeout_s: int = Field(7 * 24 * 3600, ge=60, description="broker re-delivery of unacked messages; "
                                       "longer than the longest job")

@@ -10,20 +10,10 @@ import json
 from collections.abc import AsyncIterator
 
 import redis.asyncio as aredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 
-from worker.store import TERMINAL, P, _event
+from worker.store import TERMINAL, event_row, events_key, job_key
 
 SSE_BLOCK_MS = 5000
-
-
-def async_client(url: str) -> aredis.Redis:
-    # as JobStore.from_url: socket_timeout above the longest blocking read, retries through a Redis restart
-    return aredis.Redis.from_url(url, decode_responses=True, health_check_interval=30, socket_timeout=30,
-                                 socket_connect_timeout=5, socket_keepalive=True,
-                                 retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=8),
-                                 retry_on_error=[aredis.ConnectionError, aredis.TimeoutError])
 
 
 def _frame(ev: dict) -> str:
@@ -36,10 +26,10 @@ def _end(status: str | None) -> str:
 
 async def job_events(r: aredis.Redis, job_id: str, cursor: str) -> AsyncIterator[str]:
     """Replays events after the cursor, then follows new ones; ends (`event: end`) once the job has ended."""
-    key = f"{P}job:{job_id}:events"
+    key = events_key(job_id)
     while True:
         res = await r.xread({key: cursor or "0-0"}, count=500, block=SSE_BLOCK_MS)
-        rows = [_event(eid, f) for _, entries in res for eid, f in entries]
+        rows = [event_row(eid, f) for _, entries in res for eid, f in entries]
         for ev in rows:
             cursor = ev["id"]
             yield _frame(ev)
@@ -49,7 +39,7 @@ async def job_events(r: aredis.Redis, job_id: str, cursor: str) -> AsyncIterator
             yield _end(final)
             return
         if not rows:
-            status = await r.hget(f"{P}job:{job_id}", "status")
+            status = await r.hget(job_key(job_id), "status")
             if status is None or status in TERMINAL:
                 yield _end(status)
                 return

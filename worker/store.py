@@ -118,29 +118,21 @@ class JobStore:
         with self.r.pipeline() as pipe:
             pipe.hset(f"{P}job:{job_id}", mapping=fields)
             pipe.zadd(f"{P}jobs:{tenant}", {job_id: created})
-            pipe.xadd(self._events_key(job_id), {"type": "status", "data": json.dumps({"status": "queued"}),
+            pipe.xadd(events_key(job_id), {"type": "status", "data": json.dumps({"status": "queued"}),
                                                  "ts": fields["created_at"]}, maxlen=EVENTS_MAXLEN)
             if not wait_for:  # held-back jobs are sent by enqueue_ready instead
                 pipe.zadd(f"{P}unsent", {job_id: created})
             if wait_for:
                 pipe.hset(f"{P}job:{job_id}", "waiting_for", json.dumps(wait_for))
                 pipe.sadd(f"{P}waiting", job_id)
-                pipe.xadd(self._events_key(job_id), {"type": "log", "ts": fields["created_at"], "data": json.dumps(
+                pipe.xadd(events_key(job_id), {"type": "log", "ts": fields["created_at"], "data": json.dumps(
                     {"message": f"waiting for teacher job(s) {', '.join(wait_for)} to succeed"})},
                     maxlen=EVENTS_MAXLEN)
             pipe.execute()
         return self.get_job(job_id), True  # type: ignore[return-value]
 
     def get_job(self, job_id: str, tenant: str | None = None) -> dict[str, Any] | None:
-        raw = self.r.hgetall(f"{P}job:{job_id}")
-        if not raw or (tenant is not None and raw.get("tenant") != tenant):
-            return None
-        rec: dict[str, Any] = dict(raw)
-        for f in JSON_FIELDS:
-            rec[f] = json.loads(raw[f]) if raw.get(f) else None
-        rec["attempts"] = int(raw.get("attempts", 0))
-        rec["cancel"] = raw.get("cancel") == "1"
-        return rec
+        return job_record(self.r.hgetall(job_key(job_id)), tenant)
 
     def list_jobs(self, tenant: str, status: str | None, limit: int, cursor: float | None
                   ) -> tuple[list[dict[str, Any]], str | None]:
@@ -197,20 +189,17 @@ class JobStore:
         return int(self.r.hincrby(f"{P}job:{job_id}", "attempts", 1))
 
     # ---- events -----------------------------------------------------------------------------
-    def _events_key(self, job_id: str) -> str:
-        return f"{P}job:{job_id}:events"
-
     def add_event(self, job_id: str, kind: str, data: dict[str, Any]) -> str:
-        return self.r.xadd(self._events_key(job_id), {"type": kind, "data": json.dumps(data), "ts": now_iso()},
+        return self.r.xadd(events_key(job_id), {"type": kind, "data": json.dumps(data), "ts": now_iso()},
                            maxlen=EVENTS_MAXLEN, approximate=True)
 
     def events(self, job_id: str, after: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         lo = f"({after}" if after else "-"
-        return [_event(eid, f) for eid, f in self.r.xrange(self._events_key(job_id), lo, "+", count=limit)]
+        return [event_row(eid, f) for eid, f in self.r.xrange(events_key(job_id), lo, "+", count=limit)]
 
     def wait_events(self, job_id: str, after: str, block_ms: int) -> list[dict[str, Any]]:
-        res = self.r.xread({self._events_key(job_id): after or "0-0"}, count=500, block=block_ms)
-        return [_event(eid, f) for _, rows in res for eid, f in rows]
+        res = self.r.xread({events_key(job_id): after or "0-0"}, count=500, block=block_ms)
+        return [event_row(eid, f) for _, rows in res for eid, f in rows]
 
     # ---- leases -----------------------------------------------------------------------------
     def acquire_lease(self, job_id: str, ttl_s: int) -> str | None:
@@ -336,5 +325,26 @@ class JobStore:
         return out
 
 
-def _event(eid: str, fields: dict[str, str]) -> dict[str, Any]:
+def job_key(job_id: str) -> str:
+    return f"{P}job:{job_id}"
+
+
+def events_key(job_id: str) -> str:
+    return f"{P}job:{job_id}:events"
+
+
+def job_record(raw: dict[str, str], tenant: str | None = None) -> dict[str, Any] | None:
+    """A job hash as read from Redis (HGETALL) -> the record; None when it is missing or, with `tenant`,
+    belongs to another tenant. Shared by the store and the API's async reads (api/reads.py)."""
+    if not raw or (tenant is not None and raw.get("tenant") != tenant):
+        return None
+    rec: dict[str, Any] = dict(raw)
+    for f in JSON_FIELDS:
+        rec[f] = json.loads(raw[f]) if raw.get(f) else None
+    rec["attempts"] = int(raw.get("attempts", 0))
+    rec["cancel"] = raw.get("cancel") == "1"
+    return rec
+
+
+def event_row(eid: str, fields: dict[str, str]) -> dict[str, Any]:
     return {"id": eid, "type": fields.get("type"), "ts": fields.get("ts"), "data": json.loads(fields.get("data", "{}"))}

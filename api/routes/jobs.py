@@ -7,9 +7,10 @@ from celery import Celery
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
-from api.deps import ArtifactsDep, QuotasDep, StoreDep, TenantDep
+from api.deps import ArtifactsDep, QuotasDep, ReadsDep, StoreDep, TenantDep
 from api.errors import Problem, problems
 from api.quotas import Quotas
+from api.reads import AsyncReads
 from api.schemas import EventList, JobList, JobPublic, JobStatus
 from api.sse import job_events
 from api.submission import check_submission, pending_teacher_jobs
@@ -24,6 +25,13 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 def _job(store: JobStore, job_id: str, tenant: str) -> dict:
     rec = store.get_job(job_id, tenant)
+    if rec is None:
+        raise Problem(404, f"no job {job_id}")
+    return rec
+
+
+async def _ajob(reads: AsyncReads, job_id: str, tenant: str) -> dict:
+    rec = await reads.get_job(job_id, tenant)
     if rec is None:
         raise Problem(404, f"no job {job_id}")
     return rec
@@ -97,23 +105,23 @@ def list_jobs(tenant: TenantDep, store: StoreDep, status: JobStatus | None = Non
 
 
 @router.get("/{job_id}", response_model=JobPublic, summary="A job's status, progress, latest metrics, error")
-def get_job(job_id: str, tenant: TenantDep, store: StoreDep) -> JobPublic:
-    return JobPublic.from_record(_job(store, job_id, tenant))
+async def get_job(job_id: str, tenant: TenantDep, reads: ReadsDep) -> JobPublic:
+    return JobPublic.from_record(await _ajob(reads, job_id, tenant))
 
 
 @router.get("/{job_id}/events", response_model=EventList,
             summary="A job's events: JSON, or a server-sent event stream with `Accept: text/event-stream`",
             responses={200: {"content": {"text/event-stream": {}}}})
-def events(job_id: str, request: Request, tenant: TenantDep, store: StoreDep,
+async def events(job_id: str, request: Request, tenant: TenantDep, reads: ReadsDep,
            after: Annotated[str | None, Query(pattern=r"^\d+-\d+$", description="event id to read after")] = None,
            limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
            last_event_id: Annotated[str | None, Header(pattern=r"^\d+-\d+$")] = None):
-    _job(store, job_id, tenant)
+    await _ajob(reads, job_id, tenant)
     if "text/event-stream" in request.headers.get("accept", ""):
         return StreamingResponse(job_events(request.app.state.aredis, job_id, last_event_id or after or "0-0"),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    rows = store.events(job_id, after, limit)
+    rows = await reads.events(job_id, after, limit)
     return EventList(data=rows, next_cursor=rows[-1]["id"] if rows else after)
 
 
@@ -128,8 +136,8 @@ def cancel(job_id: str, tenant: TenantDep, store: StoreDep) -> JobPublic:
 
 
 @router.get("/{job_id}/report", summary="The final report", responses=problems(409, _409="not finished"))
-def report(job_id: str, tenant: TenantDep, store: StoreDep) -> dict:
-    rec = _job(store, job_id, tenant)
+async def report(job_id: str, tenant: TenantDep, reads: ReadsDep) -> dict:
+    rec = await _ajob(reads, job_id, tenant)
     if rec["status"] != "succeeded" or rec.get("report") is None:
         why = f": {rec['error']['message']}" if rec.get("error") else ""
         raise Problem(409, f"job {job_id} is {rec['status']}{why}; the report comes when it has succeeded")
