@@ -33,7 +33,6 @@ bench-throughput: install
 
 # 500 jobs in a burst while 100 clients poll and stream; see docs/operations.md#load
 bench-load: install
-	$(BIN)/python -m pip install -q -e '.[dev,load]'
 	$(BIN)/python benchmarks/load.py $(ARGS)
 
 lint: install

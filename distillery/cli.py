@@ -84,6 +84,16 @@ def _add_bind_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=_port, default=DEFAULT_PORT, help="TCP port (default: %(default)s)")
 
 
+def _add_api_workers(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--api-workers",
+        type=_positive,
+        default=os.environ.get("KD_API_WORKERS", "1"),  # a string default goes through `type` too
+        help="API processes sharing the port (default: $KD_API_WORKERS, else 1); one process serves "
+        "from one core, more spread a burst of requests over the cores",
+    )
+
+
 def _version() -> str:
     try:
         return metadata.version("distillery")
@@ -121,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     api = commands.add_parser("api", help="run the HTTP API alone", description="Serve the HTTP API.")
     _add_bind_options(api)
+    _add_api_workers(api)
 
     worker = commands.add_parser(
         "worker",
@@ -236,6 +247,7 @@ def _cmd_api(args: argparse.Namespace) -> int:
         factory=True,
         host=args.host,
         port=args.port,
+        workers=args.api_workers,
         timeout_graceful_shutdown=API_GRACEFUL_SHUTDOWN_S,
     )
     return 0

@@ -72,6 +72,43 @@ def test_api_options() -> None:
     assert (args.command, args.host, args.port) == ("api", "0.0.0.0", 8080)
 
 
+def test_api_workers_option_and_setting(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("KD_API_WORKERS", raising=False)
+    assert parse("api").api_workers == 1
+    assert parse("api", "--api-workers", "2").api_workers == 2
+    monkeypatch.setenv("KD_API_WORKERS", "3")
+    assert parse("api").api_workers == 3
+    for bad in (["api", "--api-workers", "0"], ["api", "--api-workers", "two"]):
+        with pytest.raises(SystemExit):
+            parse(*bad)
+    monkeypatch.setenv("KD_API_WORKERS", "zero")
+    with pytest.raises(SystemExit):
+        parse("api")
+    assert "--api-workers" in capsys.readouterr().err
+
+
+def test_api_with_two_processes_serves(redis_url: str, tmp_path: Path) -> None:
+    """`distillery api --api-workers 2`: two uvicorn processes behind one port, both answering."""
+    port = redis_server.free_port()
+    env = {**os.environ, "KD_REDIS_URL": redis_url, "KD_DATA_DIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "distillery", "api", "--port", str(port), "--api-workers", "2"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        pids: set[str] = set()
+        t0 = time.time()
+        while len(pids) < 2:
+            assert proc.poll() is None and time.time() - t0 < 90, "the API did not come up with two processes"
+            with contextlib.suppress(urllib.error.URLError, ConnectionError):
+                children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+                    assert r.status == 200
+                pids = set(children)
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+
+
 # --- binding without keys ----------------------------------------------------------------------
 
 
