@@ -4,6 +4,7 @@ They do no I/O, so they are `async def`: FastAPI would run a plain `def` depende
 one thread hop per dependency per request, which under load costs more than the route itself."""
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from typing import Annotated
 
@@ -45,7 +46,14 @@ async def get_quotas(request: Request) -> Quotas:
 async def get_tenant(request: Request) -> str:
     keys: dict[str, str] = request.app.state.keys
     if not keys:
-        return "default"  # open mode: only ever bound to loopback (checked at start-up)
+        # Open mode. `distillery up/api` refuse to bind anything but loopback without keys; this holds
+        # under any other server too (uvicorn or gunicorn started by hand, a 0.0.0.0 bind): a request
+        # that reached a non-loopback address of this machine is refused.
+        local = (request.scope.get("server") or ("", 0))[0]
+        if not _local_only(local):
+            raise Problem(403, f"this API has no keys (KD_API_KEYS or KD_API_KEYS_FILE), so it serves only "
+                          f"connections to a loopback address, not to {local}")
+        return "default"
     auth = request.headers.get("authorization", "")
     scheme, _, token = auth.partition(" ")
     if scheme.lower() == "bearer" and token:
@@ -54,6 +62,17 @@ async def get_tenant(request: Request) -> str:
                 return tenant
     raise Problem(401, "missing or unknown API key: send `Authorization: Bearer <key>`",
                   headers={"WWW-Authenticate": "Bearer"})
+
+
+def _local_only(address: str) -> bool:
+    """Whether a connection to this local address can only have come from this machine: a loopback IP,
+    or no IP at all (a Unix socket, an in-process test client)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return True
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]

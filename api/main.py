@@ -11,6 +11,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 
 from api import errors
+from api.body_limit import BodyLimit
 from api.reads import AsyncReads, async_client
 from api.routes import artifacts, catalog, chains, health, jobs
 from api.settings import Settings, get_settings
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.celery = make_celery(settings)
     app.state.keys = settings.tenants_by_key()
     errors.install(app)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(ServerTiming)
     for module in (health, catalog, artifacts, jobs, chains):
         app.include_router(module.router)

@@ -87,7 +87,7 @@ def _links(chain: ChainCreate) -> list[JobSpec]:
 @router.post("", status_code=202, response_model=ChainPublic, summary="Submit a teacher-assistant chain",
              description="Creates one job per link: teacher -> assistants -> student. Later links wait for the "
                          "link before; follow each as a job. `Location` names the last link.",
-             responses=problems(422, 429, 503, _422="invalid chain; `errors` names each field"))
+             responses=problems(413, 422, 429, 503, _422="invalid chain; `errors` names each field"))
 def submit_chain(chain: ChainCreate, request: Request, response: Response, tenant: TenantDep, store: StoreDep,
                  artifacts: ArtifactsDep, quotas: QuotasDep,
                  idempotency_key: Annotated[str | None, Header(max_length=180)] = None) -> ChainPublic:

@@ -49,7 +49,7 @@ def _queue(spec: JobSpec, store: JobStore) -> str:
              description="Validates the JobSpec (names against the registries, uploads and earlier jobs against "
                          "the store, class counts against the dataset), writes a queued job and enqueues its id. "
                          "With the same `Idempotency-Key` a second submit returns the first job.",
-             responses=problems(422, 429, 503, _422="invalid spec; `errors` names each field",
+             responses=problems(413, 422, 429, 503, _422="invalid spec; `errors` names each field",
                                 _503="the queue is unavailable: the job was not accepted"))
 def submit(spec: JobSpec, request: Request, response: Response, tenant: TenantDep, store: StoreDep,
            artifacts: ArtifactsDep, quotas: QuotasDep,

@@ -1,12 +1,16 @@
 """API keys and tenants, on the real app factory with a real Redis (no worker needed to submit)."""
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
+import httpx
+import pytest
 from fastapi.testclient import TestClient
 
 from api.main import create_app
 from api.settings import Settings
+from tests.api.live_server import serve
 
 SPEC = {"student": {"architecture": "mlp", "kwargs": {"hidden": [32]}}, "dataset": {"name": "digits"},
         "distillation": {"method": "none"}, "training": {"epochs": 1}, "resources": {"device": "cpu"}}
@@ -38,6 +42,33 @@ def test_keys_tenants_and_isolation(redis_url: str, redis_client, tmp_path: Path
         r = http.post("/v1/jobs", json={**SPEC, "dataset": {"name": "npz", "artifact": art["id"]}},
                       headers={"Authorization": "Bearer k2"})
         assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["body", "dataset", "artifact"]
+
+
+def _outward_address() -> str | None:
+    """An address of this machine that is not loopback (no packet is sent to find it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))
+            address = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+def test_open_mode_answers_only_connections_to_loopback(redis_url: str, redis_client, tmp_path: Path) -> None:
+    """No keys, served by a hand-started uvicorn on 0.0.0.0 (what `distillery` refuses to do): a client
+    reaching the machine's outward address is refused, a local one is served."""
+    outward = _outward_address()
+    if outward is None:
+        pytest.skip("this machine has no address but loopback")
+    with serve(Settings(redis_url=redis_url, data_dir=tmp_path), host="0.0.0.0") as base:
+        port = base.rsplit(":", 1)[1]
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/jobs").status_code == 200
+        r = httpx.post(f"http://{outward}:{port}/v1/jobs", json=SPEC)
+        assert r.status_code == 403 and "loopback" in r.json()["detail"] and outward in r.json()["detail"]
+        assert httpx.get(f"http://{outward}:{port}/v1/jobs").status_code == 403
+        assert httpx.get(f"http://{outward}:{port}/healthz").status_code == 200  # probes stay open
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/jobs").json()["data"] == []  # the refused submit wrote nothing
 
 
 def _npz() -> bytes:
