@@ -8,7 +8,14 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import UPLOAD_PATH, body_too_large, problem_response
+from api.errors import problem_response
+
+UPLOAD_PATH = "/v1/artifacts"  # the artifacts router's prefix: its POST streams and limits its own body
+
+
+def body_too_large(limit: int) -> str:
+    return (f"request body over {limit} bytes (KD_MAX_BODY_BYTES); a JobSpec is a few kilobytes, files go to "
+            f"POST {UPLOAD_PATH}")
 
 
 class BodyLimit:

@@ -79,14 +79,6 @@ def problem_response(status: int, detail: str, errors: list[dict[str, Any]] | No
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
-UPLOAD_PATH = "/v1/artifacts"
-
-
-def body_too_large(limit: int) -> str:
-    return (f"request body over {limit} bytes (KD_MAX_BODY_BYTES); a JobSpec is a few kilobytes, files go to "
-            f"POST {UPLOAD_PATH}")
-
-
 def _clean_msg(msg: str) -> str:
     return msg.removeprefix("Value error, ")
 

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 import redis
 
 from api.errors import Problem
-from worker.store import P, new_id
+from worker.store import P, job_key, new_id
 
 RESERVATION_TTL_S = 900
 # Retry-After for 429: a tenant's slot frees when one of its jobs ends; a short job takes about this long.
@@ -118,7 +118,7 @@ class Quotas:
         ids = self.r.zrange(_k(tenant, "open"), 0, -1)
         with self.r.pipeline(transaction=False) as pipe:
             for job_id in ids:
-                pipe.hget(f"{P}job:{job_id}", "status")
+                pipe.hget(job_key(job_id), "status")
             statuses = pipe.execute()
         return sum(1 for st in statuses if st in OPEN_STATES)
 

@@ -11,17 +11,12 @@ from typing import Any
 
 import redis.asyncio as aredis
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 
-from worker.store import event_row, events_key, job_key, job_record
+from worker.store import client_options, event_row, events_key, job_key, job_record
 
 
 def async_client(url: str) -> aredis.Redis:
-    # as JobStore.from_url: socket_timeout above the longest blocking read, retries through a Redis restart
-    return aredis.Redis.from_url(url, decode_responses=True, health_check_interval=30, socket_timeout=30,
-                                 socket_connect_timeout=5, socket_keepalive=True,
-                                 retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=8),
-                                 retry_on_error=[aredis.ConnectionError, aredis.TimeoutError])
+    return aredis.Redis.from_url(url, **client_options(Retry))
 
 
 class AsyncReads:

@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -100,6 +101,14 @@ class Role:
                 pass
             await asyncio.sleep(0.05)
 
+    async def run_clients(self, n: int, seed: int,
+                          one: Callable[[aiohttp.ClientSession, random.Random], Awaitable[None]]) -> None:
+        """n clients of one kind on one connection pool, each with its own random stream, until `done`."""
+        rng = random.Random(seed)
+        async with client(self.base, self.headers, n) as http:
+            await asyncio.gather(self.take_ids(), self.loop_lag(),
+                                 *(one(http, random.Random(rng.random())) for _ in range(n)))
+
     async def loop_lag(self) -> None:
         """How late this process's event loop wakes up: a latency measured here includes that delay."""
         while not self.done_ev.is_set():
@@ -133,10 +142,7 @@ class Pollers(Role):
             await asyncio.sleep(rng.uniform(0.1, 0.3))
 
     async def run(self, n: int, seed: int) -> dict[str, Any]:
-        rng = random.Random(seed)
-        async with client(self.base, self.headers, n) as http:
-            await asyncio.gather(self.take_ids(), self.loop_lag(),
-                                 *(self.poller(http, random.Random(rng.random())) for _ in range(n)))
+        await self.run_clients(n, seed, self.poller)
         return {"status": self.status, "errors": self.errors, "lag_ms": self.lag_ms}
 
 
@@ -177,10 +183,7 @@ class Followers(Role):
                 await asyncio.sleep(0.2)
 
     async def run(self, n: int, seed: int) -> dict[str, Any]:
-        rng = random.Random(seed)
-        async with client(self.base, self.headers, n) as http:
-            await asyncio.gather(self.take_ids(), self.loop_lag(),
-                                 *(self.follower(http, random.Random(rng.random())) for _ in range(n)))
+        await self.run_clients(n, seed, self.follower)
         return {"streams": self.streams, "events": self.events, "errors": self.errors, "lag_ms": self.lag_ms}
 
 
@@ -189,6 +192,7 @@ class Submitters(Role):
         super().__init__(base, headers, None, done)
         self.outs = outs
         self.submit_ms: list[float] = []
+        self.accepted: list[str] = []
 
     async def run(self, n_jobs: int, n_submitters: int) -> dict[str, Any]:
         todo = iter(range(n_jobs))
@@ -207,6 +211,7 @@ class Submitters(Role):
                     if r.status != 202:
                         self.errors[f"submit {r.status}"] += 1
                         continue
+                    self.accepted.append(body["id"])
                     for out in self.outs:
                         out.put(body["id"])
 
@@ -215,7 +220,7 @@ class Submitters(Role):
             end = time.time()
         lag.cancel()
         return {"submit_ms": self.submit_ms, "errors": self.errors, "lag_ms": self.lag_ms,
-                "burst": (start, end)}
+                "burst": (start, end), "ids": self.accepted}
 
 
 def role_main(role: str, base: str, headers: dict[str, str], channel: Any, done: Any, results: Any,
@@ -230,23 +235,14 @@ def role_main(role: str, base: str, headers: dict[str, str], channel: Any, done:
     results.put((role, out))
 
 
-def wait_until_all_final(base: str, headers: dict[str, str], ids: Any, submitted: Any, n_jobs: int,
-                         timeout_s: float) -> list[str]:
-    """The parent's watch: collects the accepted ids and checks, by reading each open job, that all have
-    ended (not relying on the clients' samples). Returns the accepted ids."""
-    job_ids: list[str] = []
+def wait_until_all_final(base: str, headers: dict[str, str], job_ids: list[str], timeout_s: float) -> None:
+    """The parent's watch: checks, by reading each open job, that all accepted jobs have ended (not relying
+    on the clients' samples)."""
     final: set[str] = set()
     t0 = time.time()
     with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
         while time.time() - t0 < timeout_s:
             time.sleep(2)
-            try:
-                while True:
-                    job_ids.append(ids.get_nowait())
-            except queue.Empty:
-                pass
-            if not submitted.is_set():
-                continue
             for job_id in [j for j in job_ids if j not in final][:50]:
                 try:
                     r = http.get(f"/v1/jobs/{job_id}")
@@ -256,7 +252,6 @@ def wait_until_all_final(base: str, headers: dict[str, str], ids: Any, submitted
                     pass
             if len(final) == len(job_ids):
                 break
-    return job_ids
 
 
 async def audit(base: str, headers: dict[str, str], job_ids: list[str]) -> dict[str, Any]:
@@ -312,15 +307,15 @@ def plot_status(status: list[tuple[float, float, float | None]], start: float, e
 def run_load(base: str, headers: dict[str, str], n_jobs: int, n_clients: int, n_submitters: int,
              timeout_s: float, plot: Path | None = None) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
-    done, submitted = ctx.Event(), ctx.Event()
+    done = ctx.Event()
     results = ctx.Queue()
-    to_pollers, to_followers, to_parent = ctx.Queue(), ctx.Queue(), ctx.Queue()
+    to_pollers, to_followers = ctx.Queue(), ctx.Queue()
     n_pollers = n_clients // 2
     procs = {
         "poll": ctx.Process(target=role_main, args=("poll", base, headers, to_pollers, done, results, n_pollers, 1)),
         "follow": ctx.Process(target=role_main, args=("follow", base, headers, to_followers, done, results,
                                                       n_clients - n_pollers, 2)),
-        "submit": ctx.Process(target=role_main, args=("submit", base, headers, [to_pollers, to_followers, to_parent],
+        "submit": ctx.Process(target=role_main, args=("submit", base, headers, [to_pollers, to_followers],
                                                       done, results, n_jobs, n_submitters)),
     }
     t0 = time.perf_counter()
@@ -332,8 +327,8 @@ def run_load(base: str, headers: dict[str, str], n_jobs: int, n_clients: int, n_
         while "submit" not in out:  # the submitters end first; the others run until `done`
             role, res = results.get(timeout=timeout_s)
             out[role] = res
-        submitted.set()
-        job_ids = wait_until_all_final(base, headers, to_parent, submitted, n_jobs, timeout_s)
+        job_ids = out["submit"]["ids"]
+        wait_until_all_final(base, headers, job_ids, timeout_s)
     finally:
         done.set()
         while len(out) < len(procs):

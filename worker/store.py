@@ -87,13 +87,7 @@ class JobStore:
 
     @classmethod
     def from_url(cls, url: str) -> JobStore:
-        # socket_timeout must exceed the longest blocking XREAD (server-sent events block for 5 s). The retry
-        # rides over a Redis restart (a few seconds to reload its AOF): a command on a dropped connection
-        # reconnects and is sent again instead of failing the request or the job.
-        return cls(redis.Redis.from_url(url, decode_responses=True, health_check_interval=30, socket_timeout=30,
-                                        socket_connect_timeout=5, socket_keepalive=True,
-                                        retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=8),
-                                        retry_on_error=[redis.ConnectionError, redis.TimeoutError]))
+        return cls(redis.Redis.from_url(url, **client_options(Retry)))
 
     # ---- job records -------------------------------------------------------------------------
     def create_job(self, tenant: str, spec: dict[str, Any], queue: str, name: str | None = None,
@@ -116,14 +110,14 @@ class JobStore:
                   "queue": queue, "attempts": 0, "cancel": 0, "name": name or "",
                   "spec": json.dumps(spec), "progress": json.dumps({}), "metrics": json.dumps({})}
         with self.r.pipeline() as pipe:
-            pipe.hset(f"{P}job:{job_id}", mapping=fields)
+            pipe.hset(job_key(job_id), mapping=fields)
             pipe.zadd(f"{P}jobs:{tenant}", {job_id: created})
             pipe.xadd(events_key(job_id), {"type": "status", "data": json.dumps({"status": "queued"}),
                                                  "ts": fields["created_at"]}, maxlen=EVENTS_MAXLEN)
             if not wait_for:  # held-back jobs are sent by enqueue_ready instead
                 pipe.zadd(f"{P}unsent", {job_id: created})
             if wait_for:
-                pipe.hset(f"{P}job:{job_id}", "waiting_for", json.dumps(wait_for))
+                pipe.hset(job_key(job_id), "waiting_for", json.dumps(wait_for))
                 pipe.sadd(f"{P}waiting", job_id)
                 pipe.xadd(events_key(job_id), {"type": "log", "ts": fields["created_at"], "data": json.dumps(
                     {"message": f"waiting for teacher job(s) {', '.join(wait_for)} to succeed"})},
@@ -156,7 +150,7 @@ class JobStore:
         return out, None
 
     def set_fields(self, job_id: str, **fields: Any) -> None:
-        self.r.hset(f"{P}job:{job_id}", mapping={k: json.dumps(v) if k in JSON_FIELDS else v
+        self.r.hset(job_key(job_id), mapping={k: json.dumps(v) if k in JSON_FIELDS else v
                                                   for k, v in fields.items()})
 
     def transition(self, job_id: str, to: str, allowed: Iterable[str], **fields: Any) -> bool:
@@ -164,7 +158,7 @@ class JobStore:
         argv: list[Any] = [to, ",".join(allowed)]
         for k, v in fields.items():
             argv += [k, json.dumps(v) if k in JSON_FIELDS else v]
-        changed = self._transition(keys=[f"{P}job:{job_id}"], args=argv) == 1
+        changed = self._transition(keys=[job_key(job_id)], args=argv) == 1
         if changed and to == "running":
             self.r.sadd(f"{P}active", job_id)
         elif changed and to in TERMINAL:
@@ -176,17 +170,17 @@ class JobStore:
 
     def request_cancel(self, job_id: str) -> str:
         """Sets the cancel flag; a queued job is cancelled at once, a running one moves to cancelling."""
-        self.r.hset(f"{P}job:{job_id}", "cancel", 1)
+        self.r.hset(job_key(job_id), "cancel", 1)
         if self.transition(job_id, "cancelled", ["queued"], finished_at=now_iso()):
             return "cancelled"
         self.transition(job_id, "cancelling", ["running"])
-        return self.r.hget(f"{P}job:{job_id}", "status") or "unknown"
+        return self.r.hget(job_key(job_id), "status") or "unknown"
 
     def cancel_requested(self, job_id: str) -> bool:
-        return self.r.hget(f"{P}job:{job_id}", "cancel") == "1"
+        return self.r.hget(job_key(job_id), "cancel") == "1"
 
     def incr_attempts(self, job_id: str) -> int:
-        return int(self.r.hincrby(f"{P}job:{job_id}", "attempts", 1))
+        return int(self.r.hincrby(job_key(job_id), "attempts", 1))
 
     # ---- events -----------------------------------------------------------------------------
     def add_event(self, job_id: str, kind: str, data: dict[str, Any]) -> str:
@@ -219,7 +213,7 @@ class JobStore:
         """(id, queue) of started jobs whose lease has lapsed: their worker died mid-run."""
         out = []
         for job_id in self.r.smembers(f"{P}active"):
-            status, queue = self.r.hmget(f"{P}job:{job_id}", "status", "queue")
+            status, queue = self.r.hmget(job_key(job_id), "status", "queue")
             if status in TERMINAL or status is None:
                 self.r.srem(f"{P}active", job_id)
             elif status in ("running", "cancelling") and not self.r.exists(f"{P}lease:{job_id}") \
@@ -241,7 +235,7 @@ class JobStore:
                 self.r.srem(f"{P}waiting", job_id)
                 continue
             deps = rec.get("waiting_for") or []
-            statuses = {d: self.r.hget(f"{P}job:{d}", "status") for d in deps}
+            statuses = {d: self.r.hget(job_key(d), "status") for d in deps}
             bad = {d: st for d, st in statuses.items() if st in ("failed", "cancelled") or st is None}
             if bad:
                 d, st = next(iter(bad.items()))
@@ -263,7 +257,7 @@ class JobStore:
         calls `mark_sent`; a second message for a job is harmless (lease, terminal check)."""
         out = []
         for job_id in self.r.zrangebyscore(f"{P}unsent", "-inf", time.time() - grace_s):
-            status, queue = self.r.hmget(f"{P}job:{job_id}", "status", "queue")
+            status, queue = self.r.hmget(job_key(job_id), "status", "queue")
             if status == "queued":
                 out.append((job_id, queue or "cpu"))
             else:
@@ -271,7 +265,7 @@ class JobStore:
         return out
 
     def release_waiting(self, job_id: str) -> None:
-        self.r.hdel(f"{P}job:{job_id}", "waiting_for")
+        self.r.hdel(job_key(job_id), "waiting_for")
         self.r.srem(f"{P}waiting", job_id)
         self.add_event(job_id, "log", {"message": "teacher job(s) succeeded; the job is enqueued"})
 
@@ -323,6 +317,16 @@ class JobStore:
             if val:
                 out[key.removeprefix(f"{P}worker:")] = json.loads(val)
         return out
+
+
+def client_options(retry_cls: type) -> dict[str, Any]:
+    """Options of every Redis client of the service, sync or asyncio (each brings its own Retry class).
+    socket_timeout must exceed the longest blocking XREAD (server-sent events block for 5 s). The retry
+    rides over a Redis restart (a few seconds to reload its AOF): a command on a dropped connection
+    reconnects and is sent again instead of failing the request or the job."""
+    return {"decode_responses": True, "health_check_interval": 30, "socket_timeout": 30, "socket_connect_timeout": 5,
+            "socket_keepalive": True, "retry": retry_cls(ExponentialBackoff(cap=2.0, base=0.1), retries=8),
+            "retry_on_error": [redis.ConnectionError, redis.TimeoutError]}
 
 
 def job_key(job_id: str) -> str:

@@ -6,6 +6,7 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
+from api.body_limit import UPLOAD_PATH
 from api.deps import ArtifactsDep, QuotasDep, SettingsDep, StoreDep, TenantDep
 from api.errors import Problem, invalid, problems
 from api.schemas import ArtifactPublic
@@ -14,7 +15,7 @@ from kdcore.checkpoints import EXTENSIONS, CheckpointError, detect_format, inspe
 from kdcore.datasets import DatasetError, inspect_imagefolder, inspect_npz
 from worker.store import new_id, now_iso
 
-router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
+router = APIRouter(prefix=UPLOAD_PATH, tags=["artifacts"])
 # Uploads that are datasets (kdcore.checkpoints.DATASET_FORMATS): checked as data (shapes, labels, images) on arrival.
 DATASET_INSPECTORS = {"npz": inspect_npz, "imagefolder": inspect_imagefolder}
 

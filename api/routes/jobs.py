@@ -23,18 +23,18 @@ from worker.store import TERMINAL, JobStore, P, now_iso
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
-def _job(store: JobStore, job_id: str, tenant: str) -> dict:
-    rec = store.get_job(job_id, tenant)
-    if rec is None:
+def _found(rec: dict | None, job_id: str) -> dict:
+    if rec is None:  # missing, or another tenant's: the same answer
         raise Problem(404, f"no job {job_id}")
     return rec
+
+
+def _job(store: JobStore, job_id: str, tenant: str) -> dict:
+    return _found(store.get_job(job_id, tenant), job_id)
 
 
 async def _ajob(reads: AsyncReads, job_id: str, tenant: str) -> dict:
-    rec = await reads.get_job(job_id, tenant)
-    if rec is None:
-        raise Problem(404, f"no job {job_id}")
-    return rec
+    return _found(await reads.get_job(job_id, tenant), job_id)
 
 
 def _queue(spec: JobSpec, store: JobStore) -> str:
