@@ -40,7 +40,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from kdcore.features import FeatureError
+from kdcore.errors import CheckpointError, FeatureError
 
 if TYPE_CHECKING:  # kept out of the import so that the API process pays for them only when used
     import onnx
@@ -88,10 +88,6 @@ _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 _HEAD_NAMES = frozenset({"fc", "head", "heads", "classifier", "last_linear", "logits", "linear"})
 # Student metadata keys that hold plain strings; every other value is JSON.
 _PLAIN_META = ("format", "architecture")
-
-
-class CheckpointError(ValueError):
-    """A model file we cannot accept or use; the message is meant for the user as it stands."""
 
 
 # --------------------------------------------------------------------------------------------------

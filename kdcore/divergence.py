@@ -19,13 +19,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from kdcore.errors import Diverged
+
 FELL_EPOCHS = 2
 BLEW_UP_EPOCHS = 3
 BLOW_UP_FACTOR = 10.0
-
-
-class Diverged(Exception):
-    """Raised with a message that says what happened and what to change."""
 
 
 def check_divergence(history: list[dict[str, Any]], num_classes: int, lr: float, temperature: float | None,

@@ -14,12 +14,10 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from kdcore.errors import FeatureError
+
 _POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.MaxPool2d, nn.Flatten, nn.Dropout,
           nn.Identity)
-
-
-class FeatureError(ValueError):
-    """A layer path that the model does not have, or a model whose features cannot be taken."""
 
 
 def hook_root(model: nn.Module) -> nn.Module:

@@ -13,11 +13,9 @@ from typing import TypeVar
 
 import torch
 
+from kdcore.errors import OutOfMemory
+
 T = TypeVar("T")
-
-
-class OutOfMemory(Exception):
-    """Out of memory at the requested batch size and again at half of it."""
 
 
 def free_cuda_memory() -> None:

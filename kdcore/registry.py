@@ -5,27 +5,14 @@ known choices, so that the API can hand it to the user as a 422 unchanged.
 """
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from kdcore.errors import UnknownNameError
+
 F = TypeVar("F", bound=Callable[..., Any])
 
-
-class UnknownNameError(KeyError):
-    """Raised for a name that is not registered; the message names the known choices."""
-
-    def __init__(self, kind: str, name: str, choices: list[str]):
-        self.kind, self.name, self.choices = kind, name, choices
-        close = difflib.get_close_matches(name, choices, n=3)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        shown = ", ".join(choices[:60]) + (f", … ({len(choices)} in all)" if len(choices) > 60 else "")
-        self.message = f"unknown {kind} {name!r}.{hint} Known {kind}s: {shown}"
-        super().__init__(self.message)
-
-    def __str__(self) -> str:  # KeyError would quote the message otherwise
-        return self.message
 
 
 @dataclass

@@ -25,9 +25,9 @@ from torch import nn
 
 from kdcore.checkpoints import save_student
 from kdcore.datasets import TensorData, augment_batch
-from kdcore.divergence import Diverged, check_divergence
+from kdcore.divergence import check_divergence
+from kdcore.errors import Cancelled, Diverged, FeatureError, JobError
 from kdcore.evaluate import evaluate, score
-from kdcore.features import FeatureError
 from kdcore.losses import teacher_log_probs
 from kdcore.methods import METHODS, Distiller, TeacherOutput
 from kdcore.models import count_params, create_model, validate_model_kwargs
@@ -46,18 +46,6 @@ from kdcore.teacher_cache import (
 EventFn = Callable[[str, dict[str, Any]], None]
 CHECKPOINT = "checkpoint.pt"
 PROGRESS_EVERY_S = 0.5  # progress events at most twice a second: enough for a bar, cheap for Redis
-
-
-class Cancelled(Exception):
-    """should_stop() answered True; the loop stopped between two steps."""
-
-
-class JobError(Exception):
-    """A failure the user can act on; `code` is stable, `message` says what to change."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code, self.message = code, message
 
 
 @dataclass

@@ -14,6 +14,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from kdcore.errors import InvalidModelKwargsError
 from kdcore.registry import Entry, Registry, UnknownNameError
 
 # A registered factory: fn(*, num_classes, in_channels, input_size=(H, W), **validated_kwargs) -> nn.Module.
@@ -28,17 +29,6 @@ _NUM_CLASSES_KEYS = ("num_classes",)
 _IN_CHANNELS_KEYS = ("in_channels", "in_chans")
 # Never download anything: the service trains from scratch or from an uploaded teacher checkpoint.
 _WEIGHT_KEYS = ("weights", "weights_backbone", "pretrained", "pretrained_backbone")
-
-
-class InvalidModelKwargsError(ValueError):
-    """Bad architecture kwargs. `errors` holds [{loc, msg}] relative to the kwargs object, so the API
-    can prefix the location (e.g. student.kwargs) and answer 422 with one entry per problem."""
-
-    def __init__(self, name: str, errors: list[dict[str, Any]]):
-        self.name = name
-        self.errors = errors
-        parts = [f"{'.'.join(str(p) for p in e['loc']) or '(kwargs)'}: {e['msg']}" for e in errors]
-        super().__init__(f"invalid kwargs for architecture {name!r}: " + "; ".join(parts))
 
 
 class NoParams(BaseModel):
