@@ -15,6 +15,7 @@ from api.quotas import Quotas
 from api.reads import AsyncReads
 from api.settings import Settings
 from worker.artifacts import ArtifactStore
+from worker.lifecycle import Lifecycle
 from worker.store import JobStore
 
 
@@ -24,6 +25,10 @@ async def get_settings_dep(request: Request) -> Settings:
 
 async def get_store(request: Request) -> JobStore:
     return request.app.state.store
+
+
+async def get_lifecycle(request: Request) -> Lifecycle:
+    return request.app.state.lifecycle
 
 
 async def get_reads(request: Request) -> AsyncReads:
@@ -77,6 +82,7 @@ def _local_only(address: str) -> bool:
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
+LifecycleDep = Annotated[Lifecycle, Depends(get_lifecycle)]
 ReadsDep = Annotated[AsyncReads, Depends(get_reads)]
 ArtifactsDep = Annotated[ArtifactStore, Depends(get_artifacts)]
 TenantDep = Annotated[str, Depends(get_tenant)]

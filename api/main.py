@@ -17,7 +17,8 @@ from api.routes import artifacts, catalog, chains, health, jobs
 from api.settings import Settings, get_settings
 from api.timing import ServerTiming
 from worker.artifacts import ArtifactStore
-from worker.celery_app import make_celery
+from worker.broker import Sender, make_celery
+from worker.lifecycle import Lifecycle
 from worker.store import JobStore
 
 log = logging.getLogger("distillery.api")
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = JobStore.from_url(settings.redis)
     app.state.artifacts = ArtifactStore(settings.artifacts)
     app.state.celery = make_celery(settings)
+    app.state.lifecycle = Lifecycle(app.state.store, Sender(app.state.celery))
     app.state.keys = settings.tenants_by_key()
     errors.install(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)

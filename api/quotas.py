@@ -25,28 +25,32 @@ from contextlib import contextmanager
 import redis
 
 from api.errors import Problem
-from worker.store import P, job_key, new_id
+from worker import keys
+from worker.lifecycle import OPEN
+from worker.store import new_id
 
 RESERVATION_TTL_S = 900
 # Retry-After for 429: a tenant's slot frees when one of its jobs ends; a short job takes about this long.
 RETRY_AFTER_S = 30
-OPEN_STATES = ("queued", "running", "cancelling")
+_OPEN_STATUSES = ",".join(sorted(OPEN))  # the lifecycle's open statuses, handed to the script
 
-# KEYS[1] open set; ARGV: limit, count to reserve, now, reservation ttl, job key prefix, tokens...
-# Returns -1 when admitted (the tokens were added), else the number of open jobs.
+# KEYS[1] open set; ARGV: limit, count to reserve, now, reservation ttl, job key prefix, open statuses
+# (comma-separated), tokens... Returns -1 when admitted (the tokens were added), else the number of open jobs.
 _ADMIT = """
 local limit, want, now, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local is_open = {}
+for s in string.gmatch(ARGV[6], '[^,]+') do is_open[s] = true end
 local members = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
 local open = 0
 for i = 1, #members, 2 do
   local id, ts = members[i], tonumber(members[i + 1])
   local st = redis.call('HGET', ARGV[5] .. id, 'status')
-  if st == 'queued' or st == 'running' or st == 'cancelling' then open = open + 1
+  if st and is_open[st] then open = open + 1
   elseif (not st) and ts > now - ttl then open = open + 1
   else redis.call('ZREM', KEYS[1], id) end
 end
 if open + want > limit then return open end
-for i = 6, #ARGV do redis.call('ZADD', KEYS[1], now, ARGV[i]) end
+for i = 7, #ARGV do redis.call('ZADD', KEYS[1], now, ARGV[i]) end
 return -1
 """
 
@@ -80,10 +84,6 @@ return redis.call('INCRBY', KEYS[1], ARGV[2])
 """
 
 
-def _k(tenant: str, what: str) -> str:
-    return f"{P}tenant:{tenant}:{what}"
-
-
 class Quotas:
     def __init__(self, client: redis.Redis, max_active_jobs: int | None, max_upload_bytes: int | None):
         self.r = client
@@ -102,8 +102,9 @@ class Quotas:
         slots = JobSlots(self, tenant)
         if self.max_active_jobs is not None and count > 0:
             slots.tokens = [new_id("rsv") for _ in range(count)]
-            open_now = self._admit(keys=[_k(tenant, "open")], args=[
-                self.max_active_jobs, count, time.time(), RESERVATION_TTL_S, f"{P}job:", *slots.tokens])
+            open_now = self._admit(keys=[keys.tenant(tenant, "open")], args=[
+                self.max_active_jobs, count, time.time(), RESERVATION_TTL_S, keys.JOB_PREFIX, _OPEN_STATUSES,
+                *slots.tokens])
             if open_now != -1:
                 raise Problem(429, f"tenant {tenant!r} has {open_now} queued or running job(s); the limit is "
                               f"{self.max_active_jobs} (KD_MAX_ACTIVE_JOBS_PER_TENANT). Submit again when one "
@@ -112,19 +113,19 @@ class Quotas:
             yield slots
         finally:
             if slots.tokens:
-                self.r.zrem(_k(tenant, "open"), *slots.tokens)
+                self.r.zrem(keys.tenant(tenant, "open"), *slots.tokens)
 
     def open_jobs(self, tenant: str) -> int:
-        ids = self.r.zrange(_k(tenant, "open"), 0, -1)
+        ids = self.r.zrange(keys.tenant(tenant, "open"), 0, -1)
         with self.r.pipeline(transaction=False) as pipe:
             for job_id in ids:
-                pipe.hget(job_key(job_id), "status")
+                pipe.hget(keys.job(job_id), "status")
             statuses = pipe.execute()
-        return sum(1 for st in statuses if st in OPEN_STATES)
+        return sum(1 for st in statuses if st in OPEN)
 
     # ---- upload bytes ---------------------------------------------------------------------------
     def _byte_keys(self, tenant: str) -> list[str]:
-        return [_k(tenant, "upload_bytes"), _k(tenant, "upload_inflight"), _k(tenant, "upload_touched")]
+        return [keys.tenant(tenant, what) for what in ("upload_bytes", "upload_inflight", "upload_touched")]
 
     def reserve_bytes(self, tenant: str, token: str, n: int) -> None:
         """Counts `n` more bytes of an upload in flight against the tenant's quota, or raises 413."""
@@ -147,7 +148,7 @@ class Quotas:
             pipe.execute()
 
     def upload_bytes(self, tenant: str) -> int:
-        return int(self.r.get(_k(tenant, "upload_bytes")) or 0)
+        return int(self.r.get(keys.tenant(tenant, "upload_bytes")) or 0)
 
 
 class JobSlots:
@@ -160,4 +161,4 @@ class JobSlots:
         if not self.tokens:
             return
         token = self.tokens.pop(0)
-        self.quotas._bind(keys=[_k(self.tenant, "open")], args=[token, job_id, time.time()])
+        self.quotas._bind(keys=[keys.tenant(self.tenant, "open")], args=[token, job_id, time.time()])

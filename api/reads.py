@@ -12,7 +12,8 @@ from typing import Any
 import redis.asyncio as aredis
 from redis.asyncio.retry import Retry
 
-from worker.store import client_options, event_row, events_key, job_key, job_record
+from worker import keys
+from worker.store import client_options, event_row, job_record
 
 
 def async_client(url: str) -> aredis.Redis:
@@ -24,8 +25,8 @@ class AsyncReads:
         self.r = client
 
     async def get_job(self, job_id: str, tenant: str | None = None) -> dict[str, Any] | None:
-        return job_record(await self.r.hgetall(job_key(job_id)), tenant)
+        return job_record(await self.r.hgetall(keys.job(job_id)), tenant)
 
     async def events(self, job_id: str, after: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         lo = f"({after}" if after else "-"
-        return [event_row(eid, f) for eid, f in await self.r.xrange(events_key(job_id), lo, "+", count=limit)]
+        return [event_row(eid, f) for eid, f in await self.r.xrange(keys.events(job_id), lo, "+", count=limit)]

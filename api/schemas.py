@@ -1,11 +1,11 @@
 """Response schemas. The request schema for a job is kdcore's JobSpec (the one the worker runs)."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, Field
 
-JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+from worker.lifecycle import Status
 
 
 class Progress(BaseModel):
@@ -20,7 +20,9 @@ class Progress(BaseModel):
     lr: float | None = Field(None, description="learning rate at that step")
 
 
-class JobError(BaseModel):
+class ErrorPublic(BaseModel):
+    """Why a job failed: a stable `code` and a message saying what to change."""
+
     code: str
     message: str
 
@@ -28,7 +30,7 @@ class JobError(BaseModel):
 class JobPublic(BaseModel):
     id: str
     name: str | None = None
-    status: JobStatus
+    status: Status
     created_at: str
     started_at: str | None = None
     finished_at: str | None = None
@@ -37,7 +39,7 @@ class JobPublic(BaseModel):
     spec: dict[str, Any]
     progress: Progress
     metrics: dict[str, Any] = Field(default_factory=dict, description="latest per-epoch values")
-    error: JobError | None = None
+    error: ErrorPublic | None = None
     report: dict[str, Any] | None = Field(None, description="when succeeded: the final report")
     waiting_for: list[str] = Field(default_factory=list, description="while queued: teacher jobs it waits for "
                                    "(it is enqueued when they have succeeded, and fails if one fails)")
@@ -47,7 +49,7 @@ class JobPublic(BaseModel):
     def from_record(cls, rec: dict[str, Any]) -> JobPublic:
         jid = rec["id"]
         links = {"self": f"/v1/jobs/{jid}", "events": f"/v1/jobs/{jid}/events", "cancel": f"/v1/jobs/{jid}/cancel"}
-        if rec["status"] == "succeeded":
+        if rec["status"] == Status.SUCCEEDED:
             links.update(report=f"/v1/jobs/{jid}/report",
                          student=f"/v1/jobs/{jid}/artifacts/student.safetensors",
                          curves=f"/v1/jobs/{jid}/artifacts/curves.png")
@@ -55,7 +57,7 @@ class JobPublic(BaseModel):
                    started_at=rec.get("started_at"), finished_at=rec.get("finished_at"), queue=rec["queue"],
                    attempts=rec.get("attempts", 0), spec=rec["spec"], progress=Progress(**(rec.get("progress") or {})),
                    metrics=rec.get("metrics") or {}, error=rec.get("error"), report=rec.get("report"),
-                   waiting_for=rec.get("waiting_for") or [] if rec["status"] == "queued" else [], links=links)
+                   waiting_for=rec.get("waiting_for") or [] if rec["status"] == Status.QUEUED else [], links=links)
 
 
 class JobList(BaseModel):

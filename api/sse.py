@@ -11,7 +11,9 @@ from collections.abc import AsyncIterator
 
 import redis.asyncio as aredis
 
-from worker.store import TERMINAL, event_row, events_key, job_key
+from worker import keys
+from worker.lifecycle import TERMINAL
+from worker.store import event_row
 
 SSE_BLOCK_MS = 5000
 
@@ -26,7 +28,7 @@ def _end(status: str | None) -> str:
 
 async def job_events(r: aredis.Redis, job_id: str, cursor: str) -> AsyncIterator[str]:
     """Replays events after the cursor, then follows new ones; ends (`event: end`) once the job has ended."""
-    key = events_key(job_id)
+    key = keys.events(job_id)
     while True:
         res = await r.xread({key: cursor or "0-0"}, count=500, block=SSE_BLOCK_MS)
         rows = [event_row(eid, f) for _, entries in res for eid, f in entries]
@@ -39,7 +41,7 @@ async def job_events(r: aredis.Redis, job_id: str, cursor: str) -> AsyncIterator
             yield _end(final)
             return
         if not rows:
-            status = await r.hget(job_key(job_id), "status")
+            status = await r.hget(keys.job(job_id), "status")
             if status is None or status in TERMINAL:
                 yield _end(status)
                 return

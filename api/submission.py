@@ -1,15 +1,22 @@
-"""Submit-time checks that need the store: referenced uploads and jobs exist, belong to the caller,
-and fit the dataset (class count, channels, method needs). Every failure names its field."""
+"""Submitting jobs: the submit-time checks that need the store (referenced uploads and jobs exist,
+belong to the caller, and fit the dataset: class count, channels, method needs; every failure names its
+field), the tenant's job slots, and the write itself through the lifecycle. `POST /v1/jobs` and
+`POST /v1/chains` both submit through here."""
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from pathlib import Path
 
-from api.errors import invalid_fields
-from kdcore.checkpoints import DATASET_FORMATS, CheckpointError, inspect_upload
-from kdcore.datasets import DatasetError, DatasetInfo, dataset_info
+from api.errors import Problem, invalid_fields
+from api.quotas import JobSlots, Quotas
+from kdcore.checkpoints import DATASET_FORMATS, inspect_upload
+from kdcore.datasets import DatasetInfo, dataset_info
+from kdcore.errors import CheckpointError, DatasetError
 from kdcore.methods import METHODS
 from kdcore.spec import JobSpec, semantic_errors
 from worker.artifacts import ArtifactStore
+from worker.lifecycle import Lifecycle, SendFailed, Status
+from worker.queues import queue_for
 from worker.store import JobStore
 
 Loc = tuple[str | int, ...]
@@ -39,7 +46,7 @@ def pending_teacher_jobs(spec: JobSpec, tenant: str, store: JobStore) -> list[st
     out = []
     for t in spec.teachers:
         rec = store.get_job(t.job, tenant) if t.job else None
-        if rec is not None and rec["status"] != "succeeded":
+        if rec is not None and rec["status"] != Status.SUCCEEDED:
             out.append(rec["id"])
     return out
 
@@ -61,11 +68,11 @@ def check_submission(spec: JobSpec, tenant: str, store: JobStore, artifacts: Art
             if rec is None:
                 errors.append({"loc": [*base, "job"], "msg": f"no job {t.job}"})
                 continue
-            if rec["status"] in ("failed", "cancelled", "cancelling"):
+            if rec["status"] in (Status.FAILED, Status.CANCELLED, Status.CANCELLING):
                 errors.append({"loc": [*base, "job"], "msg": f"teacher job {t.job} is {rec['status']}; "
                                "it must succeed (or still be queued or running) to teach"})
                 continue
-            if rec["status"] != "succeeded":  # the job waits for it; check what can be checked now
+            if rec["status"] != Status.SUCCEEDED:  # the job waits for it; check what can be checked now
                 t_data = (rec.get("spec") or {}).get("dataset") or {}
                 if info is not None and t_data.get("name") != info.name:
                     errors.append({"loc": [*base, "job"], "msg": f"teacher job {t.job} trains on "
@@ -113,3 +120,24 @@ def check_submission(spec: JobSpec, tenant: str, store: JobStore, artifacts: Art
                            f"{info.name} has {info.num_classes}"})
     if errors:
         raise invalid_fields(errors)
+
+
+def job_slots(quotas: Quotas, lifecycle: Lifecycle, tenant: str, count: int,
+              idempotency_key: str | None) -> AbstractContextManager[JobSlots]:
+    """The tenant's open-job limit (429 past it). A replay of an Idempotency-Key already used needs no
+    slot: it answers the earlier job, even when the tenant is at its limit."""
+    return quotas.job_slots(tenant, 0 if lifecycle.is_replay(tenant, idempotency_key) else count)
+
+
+def submit_job(spec: JobSpec, tenant: str, lifecycle: Lifecycle, idempotency_key: str | None = None) -> dict:
+    """Writes the job and sends it to its queue; a job whose teacher jobs have not succeeded yet is held
+    back instead (the lifecycle sends it when they have). 503 when the broker is away."""
+    store = lifecycle.store
+    queue = queue_for(spec.resources.device, (w.get("queues", []) for w in store.live_workers().values()))
+    wait_for = pending_teacher_jobs(spec, tenant, store)
+    try:
+        rec, _ = lifecycle.submit(tenant, spec.model_dump(mode="json"), queue, spec.name, idempotency_key,
+                                  wait_for=wait_for)
+    except SendFailed as e:
+        raise Problem(503, f"the queue is unavailable ({e}); the job was not accepted") from e
+    return rec

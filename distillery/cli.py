@@ -22,7 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 
-QUEUES = ("cpu", "gpu")
+from worker.queues import QUEUES, Queue  # no Celery, no torch: the command stays light
+
 CELERY_APP = "worker.celery_app:app"
 ASGI_FACTORY = "api.main:create_app"
 DEFAULT_HOST = "127.0.0.1"
@@ -197,8 +198,8 @@ def worker_command(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[li
     """The Celery command line and environment for `distillery worker`."""
     device: str | None = args.device
     on_cuda = device is not None and device.startswith("cuda")
-    queues: list[str] = args.queues or (["gpu"] if on_cuda else ["cpu"])
-    pool: str = args.pool or ("solo" if on_cuda or "gpu" in queues else "prefork")
+    queues: list[str] = args.queues or [Queue.GPU.value if on_cuda else Queue.CPU.value]
+    pool: str = args.pool or ("solo" if on_cuda or Queue.GPU in queues else "prefork")
     if on_cuda and pool != "solo":
         # One job per GPU, and CUDA must not be initialised in a process that then forks.
         print(f"distillery: note: --device {device} runs the solo pool, not {pool}", file=sys.stderr)

@@ -29,6 +29,7 @@ from functools import partial
 from pathlib import Path
 
 from distillery import redis_server
+from worker.queues import Queue
 
 WORKER_NICE = 10  # see build_children: the API answers first, the worker trains with the rest
 
@@ -326,8 +327,8 @@ def detect_queues() -> list[str]:
         except (OSError, subprocess.SubprocessError):
             result = None
         if result is not None and result.returncode == 0 and "GPU" in result.stdout:
-            return ["cpu", "gpu"]
-    return ["cpu"]
+            return [Queue.CPU.value, Queue.GPU.value]
+    return [Queue.CPU.value]
 
 
 def display_url(host: str, port: int) -> str:

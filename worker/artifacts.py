@@ -5,16 +5,26 @@ built from ids we generated and a fixed list of output names, never from what a 
 """
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
 # What a finished job offers for download, with the media type each is served as.
 JOB_OUTPUTS = {
     "student.safetensors": "application/octet-stream",
-    "peer.safetensors": "application/octet-stream",  # method dml: the second student
     "report.json": "application/json",
     "curves.png": "image/png",
 }
+# Further trained models a method saves beside the student (DML's `peer.safetensors`): any plain name.
+# The pattern keeps every such path inside the job's directory whatever a client asks for.
+EXTRA_MODEL = re.compile(r"^[a-z][a-z0-9_]{0,40}\.safetensors$")
+
+
+def output_media_type(name: str) -> str | None:
+    """The media type a job output is served as; None for a name a job never offers."""
+    if name in JOB_OUTPUTS:
+        return JOB_OUTPUTS[name]
+    return "application/octet-stream" if EXTRA_MODEL.match(name) else None
 
 
 class ArtifactStore:
@@ -31,13 +41,13 @@ class ArtifactStore:
 
     def job_output(self, job_id: str, name: str) -> Path | None:
         """The path of a finished job's output, or None for a name not offered or not written."""
-        if name not in JOB_OUTPUTS:
+        if output_media_type(name) is None:
             return None
         p = self.job_dir(job_id) / name
         return p if p.is_file() else None
 
     def drop_job_scratch(self, job_id: str) -> None:
-        """Removes what only a resume needs (the epoch checkpoint) once the job has ended."""
+        """Removes what only a resume needs (the epoch checkpoint, kdcore.train.CHECKPOINT) once the job has ended."""
         for name in ("checkpoint.pt", "checkpoint.tmp"):
             (self.job_dir(job_id) / name).unlink(missing_ok=True)
 

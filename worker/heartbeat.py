@@ -11,9 +11,9 @@ refreshes the worker's expiring key (three periods). A worker that stops consumi
 A solo-pool worker (one per GPU) runs its job inside that event loop, so it cannot consume while it
 trains; its job watcher refreshes the key instead, marked `busy` (see `beat_while_busy`).
 
-A thread does the periodic sweeps that need no consumer: re-enqueueing jobs whose worker died
-(`requeue_orphans`), enqueueing jobs the API wrote but died before enqueueing (`send_unsent`), and
-enqueueing jobs whose teacher jobs have succeeded.
+A thread does the periodic sweeps that need no consumer (worker/lifecycle.py's `sweep`): re-sending jobs
+whose worker died, sending jobs the API wrote but died before sending, and sending held-back jobs whose
+teacher jobs have succeeded. It sends on the worker's own Celery app, handed over by the ready signal.
 """
 from __future__ import annotations
 
@@ -28,8 +28,9 @@ from celery import bootsteps
 from celery.signals import worker_ready, worker_shutdown
 from kombu import Consumer, Exchange, Producer, Queue
 
-from api.settings import get_settings
-from worker.dependencies import celery_sender, enqueue_ready
+from worker.broker import Sender
+from worker.config import get_settings
+from worker.lifecycle import Lifecycle
 from worker.store import JobStore
 
 log = logging.getLogger("distillery.worker")
@@ -38,14 +39,12 @@ PING_EXCHANGE = Exchange("kd.ping", type="direct", durable=False)
 # Filled in the worker's main process once its consumer runs: name, queues, pid, solo.
 _me: dict[str, Any] = {}
 _last_busy_beat = [0.0]
-# The API enqueues right after writing a job; one still unsent after this long lost its API process.
-UNSENT_GRACE_S = 10.0
 
 
 def _heartbeat_store() -> JobStore:
     # Short timeouts: this client is used inside the worker's event loop, which must not hang on Redis.
-    url = get_settings().redis
-    return JobStore(redis.Redis.from_url(url, decode_responses=True, socket_timeout=2, socket_connect_timeout=2))
+    return JobStore(redis.Redis.from_url(get_settings().redis, decode_responses=True, socket_timeout=2,
+                                         socket_connect_timeout=2))
 
 
 class ConsumptionHeartbeat(bootsteps.ConsumerStep):
@@ -110,13 +109,12 @@ class ConsumptionHeartbeat(bootsteps.ConsumerStep):
         super().shutdown(c)
 
 
-def beat_while_busy(store: JobStore) -> None:
+def beat_while_busy(store: JobStore, period: float) -> None:
     """Called by a job's watcher thread: in a solo-pool worker's main process, whose event loop the job
     blocks, it refreshes the heartbeat (marked busy) at most once a period. Elsewhere it does nothing:
     a prefork pool process training a job says nothing about its parent's consumer."""
     if not _me.get("solo") or _me.get("pid") != os.getpid():
         return
-    period = get_settings().worker_heartbeat_s
     now = time.monotonic()
     if now - _last_busy_beat[0] < period:
         return
@@ -124,50 +122,21 @@ def beat_while_busy(store: JobStore) -> None:
     store.heartbeat(_me["name"], _me["queues"], ttl_s=period * 3, pid=os.getpid(), busy=True)
 
 
-def _sweep() -> None:
+def _sweep(app: Any) -> None:
     settings = get_settings()
-    store = JobStore.from_url(settings.redis)
-    period = settings.worker_heartbeat_s
+    lifecycle = Lifecycle(JobStore.from_url(settings.redis), Sender(app))
     while not _stop.is_set():
         try:
-            requeue_orphans(store)
-            send_unsent(store)
-            enqueue_ready(store, celery_sender())
+            lifecycle.sweep()
         except Exception as e:  # Redis restarting: try again next period
             log.warning("sweep: %s", e)
-        _stop.wait(period)
-
-
-def requeue_orphans(store: JobStore) -> int:
-    """Sends a fresh message for each started job whose lease lapsed (its worker process died, and
-    the broker would keep the unacked message until the visibility timeout). The new delivery takes
-    the lease and resumes from the job's last epoch checkpoint; a duplicate is harmless (lease)."""
-    from worker.celery_app import RUN_JOB, app
-
-    orphans = store.orphaned_jobs()
-    for job_id, queue in orphans:
-        log.warning("job %s lost its worker; re-enqueueing it on %s to resume", job_id, queue)
-        store.add_event(job_id, "log", {"message": "worker lost; the job is queued again and will resume "
-                                        "from its last epoch checkpoint"})
-        app.send_task(RUN_JOB, args=[job_id], queue=queue)
-    return len(orphans)
-
-
-def send_unsent(store: JobStore, grace_s: float = UNSENT_GRACE_S) -> int:
-    """Sends the message of each job the API wrote but did not get to enqueue (it died in between), so
-    that every job the API answered 202 for runs."""
-    send = celery_sender()
-    jobs = store.unsent_jobs(grace_s)
-    for job_id, queue in jobs:
-        log.warning("job %s was accepted but never enqueued (the API stopped); enqueueing it on %s", job_id, queue)
-        send(job_id, queue)
-        store.mark_sent(job_id)
-    return len(jobs)
+        _stop.wait(settings.worker_heartbeat_s)
 
 
 @worker_ready.connect
 def _start(sender: Any = None, **_: Any) -> None:
-    threading.Thread(target=_sweep, daemon=True, name="kd-sweep").start()
+    # sender: the worker's consumer; its app is the worker's own Celery app (its broker connection)
+    threading.Thread(target=_sweep, args=(sender.app,), daemon=True, name="kd-sweep").start()
 
 
 @worker_shutdown.connect

@@ -19,17 +19,24 @@ from typing import Any
 
 import torch
 
-from api.settings import Settings, get_settings
-from kdcore.checkpoints import CheckpointError, load_teacher
-from kdcore.datasets import DatasetError, DatasetInfo, load_dataset
-from kdcore.oom import OutOfMemory, with_oom_retry
-from kdcore.registry import UnknownNameError
+from kdcore.checkpoints import load_teacher
+from kdcore.datasets import DatasetInfo, load_dataset
+from kdcore.errors import (
+    Cancelled,
+    CheckpointError,
+    DatasetError,
+    JobError,
+    OutOfMemory,
+    UnknownNameError,
+)
+from kdcore.oom import with_oom_retry
 from kdcore.spec import JobSpec, TeacherSpec
-from kdcore.train import CHECKPOINT, Cancelled, JobError, Teacher, resolve_device, run
+from kdcore.train import CHECKPOINT, Teacher, resolve_device, run
 from worker.artifacts import ArtifactStore
-from worker.dependencies import celery_sender, enqueue_ready
+from worker.config import WorkerSettings, get_settings
 from worker.heartbeat import beat_while_busy
-from worker.store import TERMINAL, JobStore, now_iso
+from worker.lifecycle import TERMINAL, Lifecycle, Send, Status
+from worker.store import JobStore, now_iso
 
 log = logging.getLogger("distillery.worker")
 LEASED_ELSEWHERE = "leased elsewhere"
@@ -38,9 +45,10 @@ LEASED_ELSEWHERE = "leased elsewhere"
 class _Watcher(threading.Thread):
     """Renews the lease and polls the cancel flag, off the training thread."""
 
-    def __init__(self, store: JobStore, job_id: str, token: str, ttl_s: int):
+    def __init__(self, store: JobStore, job_id: str, token: str, ttl_s: int, worker_heartbeat_s: float):
         super().__init__(daemon=True, name=f"watch-{job_id}")
         self.store, self.job_id, self.token, self.ttl_s = store, job_id, token, ttl_s
+        self.heartbeat_s = worker_heartbeat_s
         self.cancel = threading.Event()
         self.lost = threading.Event()
         self.done = threading.Event()
@@ -55,7 +63,7 @@ class _Watcher(threading.Thread):
                     if not self.store.renew_lease(self.job_id, self.token, self.ttl_s):
                         self.lost.set()  # another worker owns the job now: stop, do not write results
                     last_renew = time.monotonic()
-                beat_while_busy(self.store)  # a solo-pool worker's event loop is blocked by this job
+                beat_while_busy(self.store, self.heartbeat_s)  # a solo-pool worker's event loop is blocked by this job
             except Exception as e:  # Redis away for a moment: keep training, try again next tick
                 log.warning("watcher for %s: %s", self.job_id, e)
 
@@ -68,7 +76,7 @@ def _teacher(store: JobStore, arts: ArtifactStore, t: TeacherSpec, tenant: str, 
     if t.job is not None:
         rec = store.get_job(t.job, tenant)
         path = arts.job_output(t.job, "student.safetensors") if rec else None
-        if rec is None or rec["status"] != "succeeded" or path is None:
+        if rec is None or rec["status"] != Status.SUCCEEDED or path is None:
             raise JobError("teacher_unavailable", f"teacher job {t.job} has no student (status "
                            f"{rec['status'] if rec else 'unknown'})")
         module = load_teacher(path, "safetensors", architecture=None, kwargs={}, num_classes=info.num_classes,
@@ -110,10 +118,13 @@ def _dataset_artifact(store: JobStore, spec: JobSpec, tenant: str) -> Path | Non
     return Path(art["path"])
 
 
-def execute(job_id: str, settings: Settings | None = None, store: JobStore | None = None) -> str:
-    """Runs one job to an end state; returns what happened (for the Celery log)."""
+def execute(job_id: str, settings: WorkerSettings | None = None, store: JobStore | None = None,
+            send: Send | None = None) -> str:
+    """Runs one job to an end state; returns what happened (for the Celery log). `send` puts a job id on
+    a queue (worker/broker.py): with it, jobs waiting for this one are sent as soon as it ends."""
     settings = settings or get_settings()
     store = store or JobStore.from_url(settings.redis)
+    lifecycle = Lifecycle(store, send)
     arts = ArtifactStore(settings.artifacts)
     rec = store.get_job(job_id)
     if rec is None:
@@ -125,26 +136,26 @@ def execute(job_id: str, settings: Settings | None = None, store: JobStore | Non
     if token is None:
         log.info("job %s: lease held by another delivery; not running it twice", job_id)
         return LEASED_ELSEWHERE
-    watcher = _Watcher(store, job_id, token, settings.lease_ttl_s)
+    watcher = _Watcher(store, job_id, token, settings.lease_ttl_s, settings.worker_heartbeat_s)
     try:
         if rec["cancel"]:
-            store.transition(job_id, "cancelled", ["queued", "running", "cancelling"], finished_at=now_iso())
-            return "cancelled"
+            lifecycle.stopped(job_id)
+            return Status.CANCELLED
         attempt = store.incr_attempts(job_id)
         if attempt > settings.max_attempts:
-            store.transition(job_id, "failed", ["queued", "running", "cancelling"], finished_at=now_iso(),
-                             error={"code": "worker_lost", "message": f"the job's worker died {attempt - 1} "
-                                    f"times; giving up after {settings.max_attempts} attempts"})
-            return "failed"
+            lifecycle.fail(job_id, "worker_lost", f"the job's worker died {attempt - 1} times; giving up after "
+                           f"{settings.max_attempts} attempts")
+            return Status.FAILED
         fields: dict[str, Any] = {} if rec.get("started_at") else {"started_at": now_iso()}
         fields["worker"] = f"{socket.gethostname()}:{os.getpid()}"  # the process running this attempt (operators)
-        if not store.transition(job_id, "running", ["queued", "running"], **fields):
+        if not lifecycle.start(job_id, **fields):
             return "not runnable"
         if attempt > 1:
             store.add_event(job_id, "log", {"message": f"attempt {attempt}: resuming after a lost worker"})
         watcher.start()
-        outcome = _run(job_id, rec, store, arts, settings, watcher)
-        _release_dependents(store)
+        outcome = _run(job_id, rec, lifecycle, arts, settings, watcher)
+        if send is not None:
+            _release_dependents(lifecycle)
         return outcome
     finally:
         watcher.done.set()
@@ -153,17 +164,17 @@ def execute(job_id: str, settings: Settings | None = None, store: JobStore | Non
         store.release_lease(job_id, token)
 
 
-def _release_dependents(store: JobStore) -> None:
+def _release_dependents(lifecycle: Lifecycle) -> None:
     """Jobs waiting for this one (it was their teacher) start now rather than at the next heartbeat."""
     try:
-        enqueue_ready(store, celery_sender())
+        lifecycle.release_waiting()
     except Exception as e:  # the heartbeat's sweep will do it
         log.warning("releasing waiting jobs: %s", e)
 
 
-def _run(job_id: str, rec: dict[str, Any], store: JobStore, arts: ArtifactStore, settings: Settings,
+def _run(job_id: str, rec: dict[str, Any], lifecycle: Lifecycle, arts: ArtifactStore, settings: WorkerSettings,
          watcher: _Watcher) -> str:
-    tenant = rec["tenant"]
+    tenant, store = rec["tenant"], lifecycle.store
 
     def on_event(kind: str, data: dict[str, Any]) -> None:
         store.add_event(job_id, kind, data)
@@ -174,7 +185,7 @@ def _run(job_id: str, rec: dict[str, Any], store: JobStore, arts: ArtifactStore,
 
     try:
         spec = JobSpec.model_validate(rec["spec"])
-        device = resolve_device(spec.resources.device)
+        device = resolve_device(spec.resources.device, settings.worker_device)
         data = load_dataset(spec.dataset.name, settings.datasets, _dataset_artifact(store, spec, tenant),
                             download=settings.allow_download)
         teachers = [_teacher(store, arts, t, tenant, data.info, device, f"teacher {i}" if i else "teacher")
@@ -190,7 +201,8 @@ def _run(job_id: str, rec: dict[str, Any], store: JobStore, arts: ArtifactStore,
         def train(batch_size: int) -> dict[str, Any]:
             s = spec if batch_size == spec.training.batch_size else spec.model_copy(
                 update={"training": spec.training.model_copy(update={"batch_size": batch_size})})
-            return run(s, data, teachers, workdir, on_event, watcher.should_stop, cache_dir=settings.cache,
+            return run(s, data, teachers, workdir, on_event, watcher.should_stop, device=device,
+                       threads=settings.torch_threads, cache_dir=settings.cache,
                        cache_max_bytes=settings.teacher_cache_max_bytes)
 
         report = with_oom_retry(train, spec.training.batch_size, on_oom_retry)
@@ -198,35 +210,35 @@ def _run(job_id: str, rec: dict[str, Any], store: JobStore, arts: ArtifactStore,
         if watcher.lost.is_set():
             log.warning("job %s: lease lost to another worker; leaving the job to it", job_id)
             return "lease lost"
-        store.transition(job_id, "cancelled", ["running", "cancelling"], finished_at=now_iso())
+        lifecycle.stopped(job_id)
         arts.drop_job_scratch(job_id)
-        return "cancelled"
+        return Status.CANCELLED
     except (JobError, CheckpointError, DatasetError, UnknownNameError) as e:
         code = getattr(e, "code", None) or {CheckpointError: "bad_checkpoint", DatasetError: "bad_dataset"}.get(
             type(e), "invalid")
-        _fail(store, arts, job_id, code, getattr(e, "message", None) or str(e))
-        return "failed"
+        _fail(lifecycle, arts, job_id, code, getattr(e, "message", None) or str(e))
+        return Status.FAILED
     except OutOfMemory as e:
-        _fail(store, arts, job_id, "cuda_oom", str(e))
-        return "failed"
+        _fail(lifecycle, arts, job_id, "cuda_oom", str(e))
+        return Status.FAILED
     except torch.cuda.OutOfMemoryError as e:  # outside training (loading a teacher, evaluating it)
-        _fail(store, arts, job_id, "cuda_oom", f"CUDA out of memory; lower training.batch_size ({e})")
-        return "failed"
+        _fail(lifecycle, arts, job_id, "cuda_oom", f"CUDA out of memory; lower training.batch_size ({e})")
+        return Status.FAILED
     except Exception as e:
         if _disk_full(e):
             log.error("job %s: disk full: %s", job_id, e)
-            _fail(store, arts, job_id, "disk_full", f"no space left on the device holding the job's files "
+            _fail(lifecycle, arts, job_id, "disk_full", f"no space left on the device holding the job's files "
                   f"({arts.job_dir(job_id)}): free space there (or set KD_ARTIFACT_DIR to a larger disk) and "
                   f"submit the job again ({e})")
-            return "failed"
+            return Status.FAILED
         log.exception("job %s crashed", job_id)
-        _fail(store, arts, job_id, "internal", f"{type(e).__name__}: {e}")
-        return "failed"
+        _fail(lifecycle, arts, job_id, "internal", f"{type(e).__name__}: {e}")
+        return Status.FAILED
     store.set_fields(job_id, progress={**(store.get_job(job_id) or {}).get("progress", {}), "fraction": 1.0,
                                        "eta_s": 0})
-    store.transition(job_id, "succeeded", ["running", "cancelling"], finished_at=now_iso(), report=report)
+    lifecycle.succeed(job_id, report)
     arts.drop_job_scratch(job_id)
-    return "succeeded"
+    return Status.SUCCEEDED
 
 
 def _disk_full(e: BaseException | None) -> bool:
@@ -241,8 +253,6 @@ def _disk_full(e: BaseException | None) -> bool:
     return False
 
 
-def _fail(store: JobStore, arts: ArtifactStore, job_id: str, code: str, message: str) -> None:
-    store.add_event(job_id, "log", {"level": "error", "message": message})
-    store.transition(job_id, "failed", ["running", "cancelling", "queued"], finished_at=now_iso(),
-                     error={"code": code, "message": message})
+def _fail(lifecycle: Lifecycle, arts: ArtifactStore, job_id: str, code: str, message: str) -> None:
+    lifecycle.fail(job_id, code, message)
     arts.drop_job_scratch(job_id)

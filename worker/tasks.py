@@ -3,15 +3,17 @@ from __future__ import annotations
 
 from celery import Task
 
-from api.settings import get_settings
-from worker.celery_app import RUN_JOB, app
+from worker.broker import Sender
+from worker.celery_app import app
+from worker.config import get_settings
+from worker.queues import RUN_JOB
 
 
 @app.task(name=RUN_JOB, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
 def run_job(self: Task, job_id: str) -> str:
     from worker.runner import LEASED_ELSEWHERE, execute  # imported here so the worker's parent never loads torch
 
-    outcome = execute(job_id)
+    outcome = execute(job_id, send=Sender(self.app))
     if outcome == LEASED_ELSEWHERE:
         # Another delivery holds the lease. If its worker is alive, this retry finds the job ended and
         # does nothing; if it died, the lease lapses within lease_ttl_s and the retry resumes the job

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Header, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from api.deps import ArtifactsDep, QuotasDep, StoreDep, TenantDep
+from api.deps import ArtifactsDep, LifecycleDep, QuotasDep, TenantDep
 from api.errors import invalid_fields, problems
-from api.routes.jobs import create_and_enqueue, job_slots
 from api.schemas import JobPublic
-from api.submission import check_submission
-from kdcore.datasets import DatasetError, dataset_info
+from api.submission import check_submission, job_slots, submit_job
+from kdcore.datasets import dataset_info
+from kdcore.errors import DatasetError
 from kdcore.spec import (
     DatasetSpec,
     DistillationSpec,
@@ -88,11 +88,11 @@ def _links(chain: ChainCreate) -> list[JobSpec]:
              description="Creates one job per link: teacher -> assistants -> student. Later links wait for the "
                          "link before; follow each as a job. `Location` names the last link.",
              responses=problems(413, 422, 429, 503, _422="invalid chain; `errors` names each field"))
-def submit_chain(chain: ChainCreate, request: Request, response: Response, tenant: TenantDep, store: StoreDep,
+def submit_chain(chain: ChainCreate, response: Response, tenant: TenantDep, lifecycle: LifecycleDep,
                  artifacts: ArtifactsDep, quotas: QuotasDep,
                  idempotency_key: Annotated[str | None, Header(max_length=180)] = None) -> ChainPublic:
     specs = _links(chain)
-    check_submission(specs[0], tenant, store, artifacts)  # the given teacher against the data
+    check_submission(specs[0], tenant, lifecycle.store, artifacts)  # the given teacher against the data
     try:
         info = dataset_info(chain.dataset.name) if not chain.dataset.artifact else None
     except DatasetError:
@@ -108,12 +108,12 @@ def submit_chain(chain: ChainCreate, request: Request, response: Response, tenan
             raise invalid_fields(errors)
     jobs: list[dict[str, Any]] = []
     # every link counts against the tenant's open-job limit: all of them are admitted, or none (429)
-    with job_slots(quotas, store, tenant, len(specs), f"{idempotency_key}:0" if idempotency_key else None) as slots:
+    with job_slots(quotas, lifecycle, tenant, len(specs), f"{idempotency_key}:0" if idempotency_key else None) as slots:
         for i, spec in enumerate(specs):
             if i > 0:
                 spec = spec.model_copy(update={"teacher": TeacherSpec(job=jobs[-1]["id"])})
             key = f"{idempotency_key}:{i}" if idempotency_key else None
-            jobs.append(create_and_enqueue(spec, tenant, store, request.app.state.celery, key))
+            jobs.append(submit_job(spec, tenant, lifecycle, key))
             slots.bind(jobs[-1]["id"])
     response.headers["Location"] = f"/v1/jobs/{jobs[-1]['id']}"
     return ChainPublic(jobs=[JobPublic.from_record(j) for j in jobs])

@@ -85,6 +85,7 @@ def _npz() -> bytes:
 
 
 def test_every_route_needs_a_key_and_hides_other_tenants(redis_url: str, redis_client, tmp_path: Path) -> None:
+    from worker.lifecycle import Lifecycle
     from worker.store import JobStore, now_iso
 
     app = create_app(Settings(redis_url=redis_url, data_dir=tmp_path, api_keys="k1:alpha,k2:beta"))
@@ -93,13 +94,13 @@ def test_every_route_needs_a_key_and_hides_other_tenants(redis_url: str, redis_c
         jid = http.post("/v1/jobs", json=SPEC, headers=own).json()["id"]
         art = http.post("/v1/artifacts", files={"file": ("x.npz", _npz())}, headers=own).json()["id"]
         # the job ends as a worker would end it: its record says succeeded and its outputs are on disk
-        store = JobStore.from_url(redis_url)
-        assert store.transition(jid, "running", ["queued"], started_at=now_iso())
+        lifecycle = Lifecycle(JobStore.from_url(redis_url))
+        assert lifecycle.start(jid, started_at=now_iso())
         out = tmp_path / "artifacts" / "jobs" / jid
         out.mkdir(parents=True)
         (out / "student.safetensors").write_bytes(b"weights")
         (out / "report.json").write_text("{}")
-        assert store.transition(jid, "succeeded", ["running"], finished_at=now_iso(), report={"student": {}})
+        assert lifecycle.succeed(jid, {"student": {}})
         job_routes = [("GET", f"/v1/jobs/{jid}"), ("GET", f"/v1/jobs/{jid}/events"),
                       ("GET", f"/v1/jobs/{jid}/report"), ("POST", f"/v1/jobs/{jid}/cancel"),
                       ("GET", f"/v1/jobs/{jid}/artifacts/student.safetensors"),

@@ -14,6 +14,7 @@ from api.main import create_app
 from api.reads import AsyncReads, async_client
 from api.settings import Settings
 from distillery.redis_server import free_port
+from worker.lifecycle import Lifecycle
 from worker.store import JobStore
 
 SPEC = {"student": {"architecture": "mlp", "kwargs": {"hidden": [8]}}, "dataset": {"name": "digits"},
@@ -23,7 +24,7 @@ TIMING = re.compile(r"^app;dur=\d+\.\d\d$")
 
 def test_async_reads_return_what_the_store_wrote(redis_url: str, redis_client) -> None:
     store = JobStore(redis_client)
-    rec, _ = store.create_job("alpha", {"x": 1}, "cpu", "n")
+    rec, _ = Lifecycle(store, lambda job_id, queue: None).submit("alpha", {"x": 1}, "cpu", "n")
     store.add_event(rec["id"], "log", {"message": "hi"})
 
     async def read() -> tuple:

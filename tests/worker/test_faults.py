@@ -11,12 +11,18 @@ import redis
 import torch
 from torch import nn
 
-from api.settings import Settings
 from kdcore.models import MODELS, register_model
 from kdcore.models.simple import MLPParams, mlp
 from worker.artifacts import ArtifactStore
+from worker.config import WorkerSettings as Settings
+from worker.lifecycle import Lifecycle
 from worker.runner import execute
 from worker.store import JobStore
+
+
+def _no_broker(job_id: str, queue: str) -> None:
+    """These tests deliver the job themselves by calling execute(): the queued message is not needed."""
+
 
 SPEC = {"student": {"architecture": "mlp", "kwargs": {"hidden": [32]}}, "dataset": {"name": "digits"},
         "distillation": {"method": "none"}, "training": {"epochs": 2, "batch_size": 64, "lr": 0.05}}
@@ -27,7 +33,7 @@ def test_full_disk_while_writing_the_checkpoint_fails_with_disk_full(redis_clien
                                                                      tmp_path: Path) -> None:
     store = JobStore(redis_client)
     settings = Settings(redis_url=redis_url, data_dir=tmp_path, lease_ttl_s=30)
-    rec, _ = store.create_job("t", SPEC, "cpu")
+    rec, _ = Lifecycle(store, _no_broker).submit("t", SPEC, "cpu")
     # Every write to /dev/full fails with ENOSPC, as on a full disk: the epoch checkpoint is written there.
     workdir = ArtifactStore(settings.artifacts).job_dir(rec["id"])
     workdir.mkdir(parents=True, exist_ok=True)
@@ -47,7 +53,7 @@ def test_divergence_fails_the_job_with_diverged_and_advice(redis_client: redis.R
     store = JobStore(redis_client)
     spec = {**SPEC, "student": {"architecture": "mlp", "kwargs": {"hidden": [64]}},
             "training": {"epochs": 5, "batch_size": 32, "lr": 5.0, "momentum": 0.9, "lr_schedule": "constant"}}
-    rec, _ = store.create_job("t", spec, "cpu")
+    rec, _ = Lifecycle(store, _no_broker).submit("t", spec, "cpu")
     assert execute(rec["id"], Settings(redis_url=redis_url, data_dir=tmp_path), store) == "failed"
     err = store.get_job(rec["id"])["error"]
     assert err["code"] == "diverged" and "lower training.lr (now 5)" in err["message"]
@@ -83,7 +89,7 @@ def test_cuda_out_of_memory_retries_once_at_half_the_batch(oom_architecture: str
     store = JobStore(redis_client)
     spec = {**SPEC, "student": {"architecture": oom_architecture, "kwargs": {"hidden": [32]}},
             "training": {"epochs": 2, "batch_size": batch_size, "lr": 0.05}}
-    rec, _ = store.create_job("t", spec, "cpu")
+    rec, _ = Lifecycle(store, _no_broker).submit("t", spec, "cpu")
     assert execute(rec["id"], Settings(redis_url=redis_url, data_dir=tmp_path), store) == outcome
     job = store.get_job(rec["id"])
     logs = [e["data"]["message"] for e in store.events(rec["id"]) if e["type"] == "log"]

@@ -5,9 +5,15 @@ from pathlib import Path
 
 import redis
 
-from api.settings import Settings
+from worker.config import WorkerSettings as Settings
+from worker.lifecycle import Lifecycle
 from worker.runner import LEASED_ELSEWHERE, execute
 from worker.store import JobStore
+
+
+def _no_broker(job_id: str, queue: str) -> None:
+    """These tests deliver the job themselves by calling execute(): the queued message is not needed."""
+
 
 SPEC = {"student": {"architecture": "mlp", "kwargs": {"hidden": [32]}}, "dataset": {"name": "digits"},
         "distillation": {"method": "none"}, "training": {"epochs": 2, "batch_size": 64, "lr": 0.05}}
@@ -20,7 +26,7 @@ def _settings(redis_url: str, tmp_path: Path) -> Settings:
 def test_runs_a_job_to_success_and_a_second_delivery_does_nothing(redis_client: redis.Redis, redis_url: str,
                                                                    tmp_path: Path) -> None:
     store = JobStore(redis_client)
-    rec, _ = store.create_job("t", SPEC, "cpu")
+    rec, _ = Lifecycle(store, _no_broker).submit("t", SPEC, "cpu")
     settings = _settings(redis_url, tmp_path)
     assert execute(rec["id"], settings, store) == "succeeded"
     job = store.get_job(rec["id"])
@@ -35,7 +41,7 @@ def test_runs_a_job_to_success_and_a_second_delivery_does_nothing(redis_client: 
 def test_a_delivery_while_the_lease_lives_does_not_run_the_job(redis_client: redis.Redis, redis_url: str,
                                                                tmp_path: Path) -> None:
     store = JobStore(redis_client)
-    rec, _ = store.create_job("t", SPEC, "cpu")
+    rec, _ = Lifecycle(store, _no_broker).submit("t", SPEC, "cpu")
     holder = store.acquire_lease(rec["id"], 30)  # as if another worker were running it
     assert holder
     assert execute(rec["id"], _settings(redis_url, tmp_path), store) == LEASED_ELSEWHERE
@@ -47,10 +53,10 @@ def test_a_delivery_while_the_lease_lives_does_not_run_the_job(redis_client: red
 def test_cancel_before_start_and_bounded_attempts(redis_client: redis.Redis, redis_url: str, tmp_path: Path) -> None:
     store = JobStore(redis_client)
     settings = _settings(redis_url, tmp_path)
-    rec, _ = store.create_job("t", SPEC, "cpu")
+    rec, _ = Lifecycle(store, _no_broker).submit("t", SPEC, "cpu")
     store.set_fields(rec["id"], cancel=1)
     assert execute(rec["id"], settings, store) == "cancelled"
-    dying, _ = store.create_job("t", SPEC, "cpu")
+    dying, _ = Lifecycle(store, _no_broker).submit("t", SPEC, "cpu")
     for _ in range(settings.max_attempts):
         store.incr_attempts(dying["id"])  # deliveries whose worker died mid-run
     assert execute(dying["id"], settings, store) == "failed"
@@ -60,7 +66,7 @@ def test_cancel_before_start_and_bounded_attempts(redis_client: redis.Redis, red
 
 def test_bad_dataset_root_fails_with_a_clear_error(redis_client: redis.Redis, redis_url: str, tmp_path: Path) -> None:
     store = JobStore(redis_client)
-    rec, _ = store.create_job("t", {**SPEC, "dataset": {"name": "mnist"}}, "cpu")
+    rec, _ = Lifecycle(store, _no_broker).submit("t", {**SPEC, "dataset": {"name": "mnist"}}, "cpu")
     settings = Settings(redis_url=redis_url, data_dir=tmp_path, dataset_root=tmp_path / "nowhere")
     assert execute(rec["id"], settings, store) == "failed"
     err = store.get_job(rec["id"])["error"]

@@ -1,51 +1,36 @@
-"""The Redis job store against a real redis-server: records, transitions, events, leases, listing."""
+"""The Redis job store against a real redis-server: records, events, leases, listing, compare-and-set."""
 from __future__ import annotations
 
 import time
 
 import redis
 
+from worker.lifecycle import Lifecycle
 from worker.store import JobStore
 
 
-def test_create_get_and_idempotency(redis_client: redis.Redis) -> None:
-    store = JobStore(redis_client)
-    rec, created = store.create_job("t1", {"a": 1}, "cpu", "first", idempotency_key="k1")
-    assert created and rec["status"] == "queued" and rec["spec"] == {"a": 1} and rec["tenant"] == "t1"
-    again, created2 = store.create_job("t1", {"a": 2}, "cpu", idempotency_key="k1")
-    assert not created2 and again["id"] == rec["id"]
-    other, created3 = store.create_job("t2", {"a": 2}, "cpu", idempotency_key="k1")  # keys are per tenant
-    assert created3 and other["id"] != rec["id"]
+def test_records_are_per_tenant(lifecycle: Lifecycle) -> None:
+    rec, _ = lifecycle.submit("t1", {"a": 1}, "cpu", "first")
+    store = lifecycle.store
+    assert store.get_job(rec["id"], "t1")["spec"] == {"a": 1}
     assert store.get_job(rec["id"], "t2") is None  # another tenant's job is invisible
     assert store.get_job("job_missing") is None
 
 
-def test_transitions_are_guarded(redis_client: redis.Redis) -> None:
-    store = JobStore(redis_client)
-    rec, _ = store.create_job("t", {}, "cpu")
-    jid = rec["id"]
-    assert store.transition(jid, "running", ["queued"])
-    assert not store.transition(jid, "running", ["queued"])
-    assert store.transition(jid, "succeeded", ["running"], report={"x": 1})
-    assert not store.transition(jid, "running", ["queued", "running"])  # never back from an end state
-    assert store.get_job(jid)["report"] == {"x": 1}
-    kinds = [e["data"].get("status") for e in store.events(jid) if e["type"] == "status"]
-    assert kinds == ["queued", "running", "succeeded"]
+def test_compare_and_set_writes_only_from_an_allowed_status(lifecycle: Lifecycle) -> None:
+    rec, _ = lifecycle.submit("t", {}, "cpu")
+    store = lifecycle.store
+    assert not store.compare_and_set(rec["id"], "running", frozenset({"running"}), worker="w")
+    assert store.get_job(rec["id"])["status"] == "queued" and "worker" not in store.get_job(rec["id"])
+    assert store.compare_and_set(rec["id"], "running", frozenset({"queued"}), worker="w", report={"x": 1})
+    got = store.get_job(rec["id"])
+    assert got["status"] == "running" and got["worker"] == "w" and got["report"] == {"x": 1}
+    assert not store.compare_and_set("job_missing", "running", frozenset({"queued"}))
 
 
-def test_cancel_queued_and_running(redis_client: redis.Redis) -> None:
-    store = JobStore(redis_client)
-    q, _ = store.create_job("t", {}, "cpu")
-    assert store.request_cancel(q["id"]) == "cancelled"
-    r, _ = store.create_job("t", {}, "cpu")
-    store.transition(r["id"], "running", ["queued"])
-    assert store.request_cancel(r["id"]) == "cancelling"
-    assert store.cancel_requested(r["id"])
-
-
-def test_events_cursor_and_blocking_read(redis_client: redis.Redis) -> None:
-    store = JobStore(redis_client)
-    rec, _ = store.create_job("t", {}, "cpu")
+def test_events_cursor_and_blocking_read(lifecycle: Lifecycle) -> None:
+    rec, _ = lifecycle.submit("t", {}, "cpu")
+    store = lifecycle.store
     first = store.events(rec["id"])
     ids = [store.add_event(rec["id"], "progress", {"step": i}) for i in range(3)]
     after = store.events(rec["id"], after=ids[0])
@@ -65,13 +50,13 @@ def test_lease_is_exclusive_and_expires(redis_client: redis.Redis) -> None:
     assert store.acquire_lease("job_x", ttl_s=1) is not None  # lapsed: a new delivery may take it
 
 
-def test_list_pages_newest_first(redis_client: redis.Redis) -> None:
-    store = JobStore(redis_client)
+def test_list_pages_newest_first(lifecycle: Lifecycle) -> None:
     ids = []
     for _ in range(5):
-        ids.append(store.create_job("t", {}, "cpu")[0]["id"])
+        ids.append(lifecycle.submit("t", {}, "cpu")[0]["id"])
         time.sleep(0.002)
-    store.transition(ids[1], "running", ["queued"])
+    lifecycle.start(ids[1])
+    store = lifecycle.store
     page1, cur = store.list_jobs("t", None, 2, None)
     page2, cur2 = store.list_jobs("t", None, 2, float(cur))
     page3, cur3 = store.list_jobs("t", None, 2, float(cur2))
@@ -80,30 +65,12 @@ def test_list_pages_newest_first(redis_client: redis.Redis) -> None:
     assert [r["id"] for r in running] == [ids[1]]
 
 
-def test_orphaned_jobs_are_started_jobs_without_a_lease(redis_client: redis.Redis) -> None:
+def test_workers_live_and_stale(redis_client: redis.Redis) -> None:
     store = JobStore(redis_client)
-    alive, _ = store.create_job("t", {}, "cpu")
-    dead, _ = store.create_job("t", {}, "gpu")
-    queued, _ = store.create_job("t", {}, "cpu")
-    for rec in (alive, dead):
-        store.transition(rec["id"], "running", ["queued"])
-    store.acquire_lease(alive["id"], 30)
-    assert store.orphaned_jobs() == [(dead["id"], "gpu")]
-    assert store.orphaned_jobs() == []  # re-enqueued at most once a minute
-    store.transition(dead["id"], "failed", ["running"])
-    assert dead["id"] not in redis_client.smembers("kd:active") and queued["id"] not in redis_client.smembers(
-        "kd:active")
-
-
-def test_unsent_jobs_are_those_written_but_never_confirmed_sent(redis_client: redis.Redis) -> None:
-    store = JobStore(redis_client)
-    sent, _ = store.create_job("t", {}, "cpu")
-    lost, _ = store.create_job("t", {}, "gpu")
-    ended, _ = store.create_job("t", {}, "cpu")
-    held, _ = store.create_job("t", {}, "cpu", wait_for=[sent["id"]])  # sent by enqueue_ready instead
-    store.mark_sent(sent["id"])
-    store.request_cancel(ended["id"])
-    assert store.unsent_jobs(grace_s=60) == []  # the API may still be about to send them
-    assert store.unsent_jobs(grace_s=0) == [(lost["id"], "gpu")]
-    assert redis_client.zrange("kd:unsent", 0, -1) == [lost["id"]]  # ended ones are dropped on the way
-    assert held["id"] not in redis_client.zrange("kd:unsent", 0, -1)
+    store.heartbeat("w1@h", ["cpu"], ttl_s=0.2, pid=1)
+    store.heartbeat("w2@h", ["gpu"], ttl_s=30, pid=2)
+    assert set(store.live_workers()) == {"w1@h", "w2@h"}
+    time.sleep(0.3)
+    assert set(store.live_workers()) == {"w2@h"} and set(store.stale_workers()) == {"w1@h"}
+    store.remove_worker("w1@h")
+    assert store.stale_workers() == {}
