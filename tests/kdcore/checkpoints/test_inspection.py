@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -65,3 +66,17 @@ def test_npz_with_object_array_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="Python objects"):
         inspect_upload(path, path.name)
     assert not marker.exists()
+
+
+def test_npz_reader_refuses_other_members_and_names_the_upload(tmp_path: Path) -> None:
+    # the .npy headers are read by kdcore.datasets.npz.iter_npz_headers; messages still name the upload
+    path = tmp_path / "stored-under-an-id"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("notes.txt", "hello")
+    with pytest.raises(CheckpointError, match=r"^'mine\.npz': member 'notes\.txt' is not a \.npy array$"):
+        inspect_upload(path, "mine.npz")
+    empty = tmp_path / "empty.npz"
+    with zipfile.ZipFile(empty, "w") as zf:
+        zf.writestr("arrays/", b"")  # folders are skipped
+    with pytest.raises(CheckpointError, match="holds no arrays"):
+        inspect_upload(empty, empty.name)
