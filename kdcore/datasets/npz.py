@@ -17,6 +17,7 @@ Array headers are read before any data, so an object array is refused with a cle
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,20 +38,35 @@ NPZ_FORMAT = (
 )
 
 
-def _headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """Shape and dtype of every array in the archive, read from the .npy headers only."""
+def iter_npz_headers(path: Path, *, name: str | None = None,
+                     only_arrays: bool = False) -> Iterator[tuple[str, tuple[int, ...], np.dtype]]:
+    """(array name, shape, dtype) for each member of a .npz archive, in archive order, from the .npy headers only.
+
+    No array data is read and nothing is unpickled, so a caller can refuse an object array by its dtype before
+    anything would load it. Members that are not .npy files are skipped (numpy.load never loads them), or
+    refused when `only_arrays`. Raises DatasetError, its message starting with `name` (default: the file's
+    name), for an archive or a header that cannot be read, including .npy format versions other than 1.0 and
+    2.0 (3.0 is only written for structured dtypes with non-Latin-1 field names).
+
+    The one .npz reader for uploads: the dataset checks below and the upload inspection in
+    kdcore.checkpoints.inspection both use it.
+    """
+    name = path.name if name is None else name
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as e:
-        raise DatasetError(f"{path.name} is not a readable .npz file (numpy.savez archive): {e}") from e
-    out: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+        raise DatasetError(f"{name} is not a readable .npz file (numpy.savez archive): {e}") from e
     with zf:
-        for member in zf.namelist():
-            if not member.endswith(".npy"):
+        for info in zf.infolist():
+            if info.is_dir():
                 continue
-            key = member[: -len(".npy")]
+            if not info.filename.endswith(".npy"):
+                if only_arrays:
+                    raise DatasetError(f"{name}: member {info.filename!r} is not a .npy array")
+                continue
+            key = info.filename[: -len(".npy")]
             try:
-                with zf.open(member) as f:
+                with zf.open(info) as f:
                     version = np.lib.format.read_magic(f)
                     if version == (1, 0):
                         shape, _, dtype = np.lib.format.read_array_header_1_0(f)
@@ -59,9 +75,13 @@ def _headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
                     else:
                         raise ValueError(f".npy format version {version[0]}.{version[1]} is not supported")
             except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-                raise DatasetError(f"{path.name}: array {key!r} is unreadable: {e}") from e
-            out[key] = (tuple(int(d) for d in shape), np.dtype(dtype))
-    return out
+                raise DatasetError(f"{name}: array {key!r} is unreadable: {e}") from e
+            yield key, tuple(int(d) for d in shape), np.dtype(dtype)
+
+
+def _headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype of every array in the archive, read from the .npy headers only."""
+    return {key: (shape, dtype) for key, shape, dtype in iter_npz_headers(path)}
 
 
 def _layout(shape: tuple[int, ...]) -> str:
