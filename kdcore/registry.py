@@ -5,7 +5,9 @@ known choices, so that the API can hand it to the user as a 422 unchanged.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import importlib
+import pkgutil
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -63,3 +65,12 @@ class Registry(Generic[F]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def import_family(package: str, path: Iterable[str]) -> None:
+    """Imports every public module of a registry's package (models, datasets, methods), so that each
+    file registers itself by its decorator: adding a model, a dataset or a method is adding one file.
+    Modules whose names start with `_` hold shared plumbing and are imported by those that need them."""
+    for info in sorted(pkgutil.iter_modules(list(path)), key=lambda i: i.name):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{package}.{info.name}")

@@ -10,8 +10,8 @@ Built-ins read from the operator's dataset root (``<root>/mnist/``, ``<root>/cif
 """
 from __future__ import annotations
 
-# importing the loader modules registers them
-from . import cifar, digits, imagefolder, mnist, npz  # noqa: F401
+from kdcore.registry import import_family
+
 from .augment import augment_batch, augment_params
 from .base import DatasetInfo, TensorData
 from .catalog import DATASETS, dataset_catalog, dataset_info, load_dataset, register_dataset
@@ -19,6 +19,8 @@ from .errors import DatasetError
 from .idx import read_idx, write_idx
 from .imagefolder import inspect_imagefolder
 from .npz import inspect_npz
+
+import_family(__name__, __path__)  # every loader module registers itself (mnist.py, cifar.py, ...)
 
 __all__ = [
     "DATASETS",

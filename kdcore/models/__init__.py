@@ -9,7 +9,6 @@ Importing this package does not import torchvision: its models are registered on
 """
 from __future__ import annotations
 
-from kdcore.models import cifar, simple  # noqa: F401  (imported to register the builtins)
 from kdcore.models._registry import (
     DEFAULT_INPUT_SIZE,
     MODELS,
@@ -23,8 +22,9 @@ from kdcore.models._registry import (
     validate_model_kwargs,
 )
 from kdcore.models.tv import TorchvisionParams, register_torchvision, replace_first_conv
-from kdcore.registry import UnknownNameError
+from kdcore.registry import UnknownNameError, import_family
 
+import_family(__name__, __path__)  # every module here registers its architectures (simple.py, cifar.py, ...)
 MODELS.set_loader(register_torchvision)
 
 __all__ = [
