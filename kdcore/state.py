@@ -24,6 +24,8 @@ _PHASE_INFO = ("teacher_cache", "teacher_precision", "compile")
 
 @dataclass
 class TrainState:
+    """A job's progress: finished phases in `done`, the phase in progress in the other fields."""
+
     done: dict[str, Any] = field(default_factory=dict)  # phase -> its result; "teacher" -> its test scores
     phase: str | None = None  # the phase in progress
     epoch: int = 0  # its epochs done
