@@ -192,10 +192,11 @@ def run_kdcore(job: str, args: argparse.Namespace, mode: str) -> dict[str, Any]:
         t = Teacher(teacher, checksum=checksum)
         if mode == "kdcore-hit":  # an earlier job of the sweep left the entry: build it untimed first
             run(spec.model_copy(update={"training": spec.training.model_copy(update={"epochs": 1})}), data, [t],
-                Path(tmp) / "warm", cache_dir=cache_dir)
+                Path(tmp) / "warm", cache_dir=cache_dir, threads=args.threads or None)
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        rep = run(spec, data, [t], Path(tmp) / "job", cache_dir=cache_dir, teacher_cache=mode != "kdcore-nocache")
+        rep = run(spec, data, [t], Path(tmp) / "job", cache_dir=cache_dir, teacher_cache=mode != "kdcore-nocache",
+                  threads=args.threads or None)
     train_s = sum(e["seconds"] for e in rep["epochs"])
     return {"train_seconds": train_s, "images": args.epochs * data.x_train.shape[0], "top1": rep["student"]["top1"],
             "teacher_cache": rep.get("teacher_cache"), "compile": rep.get("compile"),
@@ -323,8 +324,7 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     if args.threads:
-        torch.set_num_threads(args.threads)  # the same count for every contender
-        os.environ["KD_TORCH_THREADS"] = str(args.threads)
+        torch.set_num_threads(args.threads)  # the same count for every contender (kdcore's run gets threads=)
     job, who = args.child
     if who.startswith("kdcore"):
         out = run_kdcore(job, args, who)

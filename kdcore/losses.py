@@ -1,8 +1,9 @@
-"""Distillation losses, written out so that each can be checked against a hand computation.
+"""The loss math several methods share: teacher targets as log-probabilities, the soft KL, the hard term.
 
 Teacher targets enter as log-probabilities at temperature T (`teacher_log_probs`), so that one teacher
 and a weighted ensemble of teachers (whose probabilities are averaged, Hinton et al. 2015) are the
-same case for every logit-based loss.
+same case for every logit-based loss. A method's own loss (KD's, DKD's TCKD/NCKD, the FitNets hint,
+the attention map) lives beside the method in kdcore/methods/.
 """
 from __future__ import annotations
 
@@ -27,49 +28,20 @@ def teacher_log_probs(teacher_logits: torch.Tensor, temperature: float,
 
 
 def soft_kl_logp(student_logits: torch.Tensor, log_p_t: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T^2 * KL(p_t || softmax(z_s/T)), averaged over the batch, with the teacher given as log-probs."""
-    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
-    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (temperature * temperature)
-
-
-def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T^2 * KL(softmax(z_t/T) || softmax(z_s/T)), averaged over the batch.
+    """T^2 * KL(p_t || softmax(z_s/T)), averaged over the batch, with the teacher given as log-probs.
 
     The T^2 factor keeps the soft term's gradient magnitude independent of T (Hinton et al. 2015),
     so alpha means the same thing at every temperature.
     """
-    return soft_kl_logp(student_logits, teacher_log_probs(teacher_logits, temperature), temperature)
-
-
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-            temperature: float, alpha: float) -> dict[str, torch.Tensor]:
-    """L = alpha * T^2 * KL(p_t || p_s) + (1 - alpha) * CE(z_s, y), returned as its two weighted terms."""
-    return {
-        "soft": alpha * soft_kl(student_logits, teacher_logits, temperature),
-        "hard": (1.0 - alpha) * F.cross_entropy(student_logits.float(), labels),
-    }
-
-
-def dkd_terms(student_logits: torch.Tensor, log_p_t: torch.Tensor, labels: torch.Tensor,
-              temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decoupled KD (Zhao et al. 2022): (TCKD, NCKD), each T^2-scaled and averaged over the batch.
-
-    TCKD is the KL between the binary (target, all others) distributions of teacher and student;
-    NCKD the KL between their distributions over the non-target classes alone (renormalized).
-    Classic KD equals TCKD + (1 - p_t[target]) * NCKD; DKD weighs the two freely.
-    """
-    t2 = temperature * temperature
     log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
-    gt = F.one_hot(labels, student_logits.shape[1]).bool()
-    lt_s, lt_t = log_p_s[gt], log_p_t[gt]  # log p(target), [B]
-    # log(1 - p_target) as the log-sum of the other classes' probabilities: exact even when the target
-    # takes nearly all the mass (1 - exp(log p) would round to 0 in float32 for a confident teacher)
-    lo_s = torch.logsumexp(log_p_s.masked_fill(gt, float("-inf")), dim=1)
-    lo_t = torch.logsumexp(log_p_t.masked_fill(gt, float("-inf")), dim=1)
-    tckd = (lt_t.exp() * (lt_t - lt_s) + lo_t.exp() * (lo_t - lo_s)).mean() * t2
-    # non-target distributions: drop the target class, renormalize by (1 - p_target)
-    nt_s = (log_p_s - lo_s[:, None]).masked_fill(gt, 0.0)
-    nt_t = (log_p_t - lo_t[:, None]).masked_fill(gt, 0.0)
-    p_nt_t = nt_t.exp().masked_fill(gt, 0.0)
-    nckd = (p_nt_t * (nt_t - nt_s)).sum(1).mean() * t2
-    return tckd, nckd
+    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (temperature * temperature)
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """CE on the labels, in float32 whatever the autocast dtype."""
+    return F.cross_entropy(logits.float(), labels)
+
+
+def hard_loss(logits: torch.Tensor, labels: torch.Tensor, alpha: float) -> torch.Tensor:
+    """(1 - alpha) * CE(z, y): the label term of every method that weighs a soft term by alpha."""
+    return (1.0 - alpha) * cross_entropy(logits, labels)

@@ -1,8 +1,54 @@
-"""Pictures of a finished job: the per-epoch curves a person looks at first."""
+"""What a finished job hands back: report.json's dict (`build_report`) and the curves a person looks at first.
+
+The report's fields are documented in docs/spec.md; the API returns the dict unchanged.
+"""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from kdcore.spec import JobSpec
+    from kdcore.teacher_cache import Teacher
+
+
+def build_report(spec: JobSpec, done: dict[str, Any], teachers: list[Teacher], device: torch.device,
+                 precision: str, wall_seconds: float) -> dict[str, Any]:
+    """The report from the finished phases' results (`TrainState.done`)."""
+    s = done["distill"]
+    report: dict[str, Any] = {
+        "method": spec.distillation.method, "dataset": spec.dataset.name,
+        "student": {"architecture": spec.student.architecture, "top1": s["top1"], "top5": s["top5"],
+                    "params": s["params"], "size_bytes": s["size_bytes"]},
+    }
+    report.update(s.get("extra_students", {}))  # further trained models (the DML peer), by name
+    if teachers:
+        t_params = [t.params for t in teachers]
+        params = sum(p for p in t_params if p) if all(t_params) else None
+        sizes = [t.size_bytes for t in teachers]
+        report["teacher"] = {**done["teacher"], "params": params,
+                             "size_bytes": sum(sizes) if all(sizes) else None}
+        if len(teachers) > 1:
+            report["teacher"]["count"] = len(teachers)
+            report["teacher"]["weights"] = [t.weight for t in spec.teachers]
+        report["agreement"] = s["agreement"]
+        report["compression"] = round(params / s["params"], 4) if params else None
+        report["temperature"] = spec.distillation.temperature
+        report["alpha"] = spec.distillation.alpha
+        # which path the teacher took: "built" / "hit" (outputs computed once, reused every epoch) or
+        # "off (augmentation)" etc. (teacher run at every step)
+        report["teacher_cache"] = s.get("teacher_cache")
+        report["teacher_precision"] = s.get("teacher_precision", precision)
+    if "baseline" in done:
+        b = done["baseline"]
+        report["baseline"] = {"top1": b["top1"], "top5": b["top5"], "epochs": b["epochs"]}
+        report["kd_gain"] = round(s["top1"] - b["top1"], 6)
+    report["epochs"] = s["epochs"]
+    report.update(device=device.type, precision=precision, compile=s.get("compile", "off"),
+                  seed=spec.training.seed, wall_seconds=round(wall_seconds, 3))
+    return report
 
 
 def plot_curves(report: dict[str, Any], path: Path) -> None:

@@ -12,6 +12,10 @@ same teacher and data (a sweep over T, alpha or students) therefore share one en
 safetensors file (no pickle on load), written to a temporary name and renamed, so a crash or two workers
 building the same entry never leave a half-written file under the real name. Deleting the cache
 directory at any time is safe: entries are rebuilt on demand.
+
+Also here: `Teacher`, a frozen teacher with the identity its cache entries are keyed by, and the two
+questions the training loop asks (`train_outputs`: the train split's outputs for a phase, or why
+the teacher runs per step; `teacher_test_logits`: the teachers' joint logits on the test split).
 """
 from __future__ import annotations
 
@@ -21,15 +25,15 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from kdcore.errors import Cancelled
+from kdcore.hardware import autocast
 from kdcore.methods import Distiller, TeacherOutput
 
 FORMAT = "kdcore-teacher-cache/1"
@@ -87,11 +91,6 @@ class CacheResult:
     key: str | None = None
 
 
-def _autocast(device: torch.device, precision: str) -> Any:
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-
-
 def infer_batch_size(sample_numel: int, device: torch.device) -> int:
     """Large inference batches (no activations kept for backward): ~32 MB of input per batch on the CPU,
     ~128 MB on a GPU, between 256 and 8192 samples."""
@@ -103,7 +102,7 @@ def feature_bytes_per_sample(distiller: Distiller, x: torch.Tensor, device: torc
     """Bytes per sample of the teacher features the method compares (from a forward on two samples)."""
     if not distiller.teacher_layers():
         return 0
-    with torch.inference_mode(), _autocast(device, precision):
+    with torch.inference_mode(), autocast(device, precision):
         out = distiller.teacher_forward(x[:2])
     return sum(v[0].numel() * v.element_size() for v in out.features.values())
 
@@ -116,11 +115,9 @@ def compute_outputs(distiller: Distiller, x: torch.Tensor, device: torch.device,
     bs = batch_size or infer_batch_size(int(x[0].numel()) if n else 1, device)
     logits: torch.Tensor | None = None
     feats: dict[str, torch.Tensor] = {}
-    with torch.inference_mode(), _autocast(device, precision):
+    with torch.inference_mode(), autocast(device, precision):
         for i in range(0, n, bs):
             if should_stop():
-                from kdcore.train import Cancelled  # local: train imports this module
-
                 raise Cancelled()
             xb = x[i:i + bs]
             if device.type == "cuda" and xb.ndim == 4:
@@ -203,3 +200,59 @@ class TeacherCache:
         self.store(key, out, {"teachers": json.dumps(teacher_ids), "data": digest, "layers": json.dumps(layers),
                               "precision": precision, "device": device.type, "transform": transform})
         return CacheResult(out, BUILT if self.root is not None else MEMORY, time.perf_counter() - t0, key)
+
+
+@dataclass
+class Teacher:
+    """A frozen teacher as the loop takes it: the module, what the report says about it, and its identity."""
+
+    module: nn.Module
+    params: int | None = None
+    size_bytes: int | None = None
+    label: str = "teacher"
+    # sha256 of the file the weights came from (upload or earlier job's student): names the teacher in the
+    # teacher-output cache key; without it the weights themselves are hashed
+    checksum: str | None = None
+
+    def cache_id(self) -> str | None:
+        """Identity for the teacher-output cache: checksum (or weight digest) plus architecture signature;
+        None for a module with no checksum and no weights to hash (its outputs are cached for one job only)."""
+        sig = module_signature(self.module)
+        if self.checksum:
+            return f"{self.checksum}:{sig}"
+        if not any(isinstance(t, torch.Tensor) for t in self.module.state_dict().values()):
+            return None
+        return f"weights-{module_digest(self.module)}:{sig}"
+
+
+def _cache_for(cache: TeacherCache | None, teachers: list[Teacher]) -> tuple[TeacherCache, list[str]]:
+    """The cache to use and the teachers' ids; an unnamed weightless module keeps its outputs for one job."""
+    ids = [t.cache_id() for t in teachers]
+    if cache is None or any(i is None for i in ids):
+        cache = TeacherCache(None, cache.max_bytes if cache is not None else DEFAULT_MAX_BYTES)
+    return cache, [i or "" for i in ids]
+
+
+def train_outputs(distiller: Distiller, teachers: list[Teacher], x_train: torch.Tensor, augment: str,
+                         device: torch.device, precision: str, cache: TeacherCache | None,
+                         should_stop: Callable[[], bool] = lambda: False) -> CacheResult | None:
+    """The teachers' outputs over the whole train split when their input is deterministic (no augmentation);
+    None for a method without teachers. Its seconds count toward the first epoch trained (docs/spec.md)."""
+    if not distiller.teachers:
+        return None
+    if cache is None:
+        return CacheResult(None, OFF_DISABLED)
+    if augment != "none":
+        return CacheResult(None, OFF_AUGMENT)
+    cache, ids = _cache_for(cache, teachers)
+    return cache.outputs(distiller, x_train, ids, device, precision, should_stop=should_stop)
+
+
+def teacher_test_logits(distiller: Distiller, teachers: list[Teacher], x_test: torch.Tensor, device: torch.device,
+                precision: str, cache: TeacherCache | None) -> torch.Tensor:
+    """The teachers' joint logits on the test split (cached like the train split: a sweep evaluates its
+    teacher once). Even with the cache off they are computed once per job, in large batches."""
+    cache, ids = _cache_for(cache, teachers)
+    z = cache.outputs(distiller, x_test, ids, device, precision, with_features=False).output
+    assert z is not None
+    return distiller.joint_logits(z.logits)

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from kdcore.datasets import load_dataset
 from kdcore.divergence import Diverged, check_divergence
+from kdcore.errors import JobError
 from kdcore.spec import JobSpec
-from kdcore.train import JobError, run
+from kdcore.train import run
 
 
 def _spec(lr: float, momentum: float, hidden: list[int], epochs: int = 5, **over: Any) -> JobSpec:
@@ -21,11 +21,6 @@ def _spec(lr: float, momentum: float, hidden: list[int], epochs: int = 5, **over
                                       "lr_schedule": "constant", "seed": 0}}
     s.update(over)
     return JobSpec.model_validate(s)
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory: pytest.TempPathFactory):
-    return load_dataset("digits", tmp_path_factory.mktemp("root"))
 
 
 def _run_collecting(spec: JobSpec, digits, workdir: Path) -> tuple[JobError, list[dict[str, Any]]]:

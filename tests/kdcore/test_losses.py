@@ -1,57 +1,50 @@
-"""The KD loss against a hand computation: T^2 factor, alpha weighting, batchmean KL."""
+"""The loss math several methods share, against hand computations: teacher targets as (weighted ensemble)
+log-probabilities, the T^2-scaled soft KL, and the (1 - alpha) * CE hard term."""
+from __future__ import annotations
+
 import math
 
+import pytest
 import torch
 
-from kdcore.losses import kd_loss, soft_kl
+from kdcore.losses import cross_entropy, hard_loss, soft_kl_logp, teacher_log_probs
+
+ZS = [[2.0, 0.5, -1.0, 0.3], [0.1, 0.2, 0.3, -0.4]]
+ZT = [[3.0, -1.0, 0.0, 0.5], [-0.5, 1.5, 0.2, 0.1]]
 
 
 def _softmax(row: list[float], t: float) -> list[float]:
     e = [math.exp(v / t) for v in row]
-    s = sum(e)
-    return [v / s for v in e]
+    return [v / sum(e) for v in e]
 
 
-def _by_hand(zs: list[list[float]], zt: list[list[float]], y: list[int], t: float, alpha: float) -> tuple[float, float]:
-    kl = 0.0
-    ce = 0.0
-    for s_row, t_row, label in zip(zs, zt, y, strict=True):
-        p_s, p_t = _softmax(s_row, t), _softmax(t_row, t)
-        kl += sum(pt * math.log(pt / ps) for pt, ps in zip(p_t, p_s, strict=True))
-        ce += -math.log(_softmax(s_row, 1.0)[label])
-    n = len(y)
-    return alpha * t * t * kl / n, (1 - alpha) * ce / n
+def test_several_teachers_average_their_probabilities_with_weights() -> None:
+    z = torch.tensor([ZT, ZS])  # two "teachers", [2, B, C]
+    t, w = 3.0, [0.25, 0.75]
+    got = teacher_log_probs(z, t, torch.tensor(w)).exp()
+    for b in range(2):
+        want = [w[0] * a + w[1] * c for a, c in zip(_softmax(ZT[b], t), _softmax(ZS[b], t), strict=True)]
+        assert got[b].tolist() == pytest.approx(want, rel=1e-5)
+    # one teacher, as [B, C] or [1, B, C]: its own log-softmax at T; no weights: the plain mean
+    one = teacher_log_probs(torch.tensor(ZT), t)
+    assert torch.equal(one, teacher_log_probs(torch.tensor([ZT]), t))
+    assert one.exp()[0].tolist() == pytest.approx(_softmax(ZT[0], t), rel=1e-6)
+    assert torch.allclose(teacher_log_probs(z, t), teacher_log_probs(z, t, torch.tensor([0.5, 0.5])))
 
 
-def test_kd_loss_matches_hand_computation() -> None:
-    zs = [[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]]
-    zt = [[3.0, -1.0, 0.0], [-0.5, 1.5, 0.2]]
-    y = [0, 2]
-    for t, alpha in [(4.0, 0.9), (1.0, 0.5), (2.5, 0.0), (10.0, 1.0)]:
-        terms = kd_loss(torch.tensor(zs), torch.tensor(zt), torch.tensor(y), t, alpha)
-        soft, hard = _by_hand(zs, zt, y, t, alpha)
-        assert math.isclose(terms["soft"].item(), soft, rel_tol=1e-5, abs_tol=1e-7)
-        assert math.isclose(terms["hard"].item(), hard, rel_tol=1e-5, abs_tol=1e-7)
-
-
-def test_t_squared_factor_and_zero_for_identical_logits() -> None:
+def test_soft_kl_has_the_t_squared_factor_and_is_zero_for_identical_logits() -> None:
     zs, zt = torch.randn(8, 10), torch.randn(8, 10)
-    base = soft_kl(zs, zt, 1.0).item()
-    # with T=1 the term is plain KL; the T^2 factor scales the KL computed at temperature T
     kl_t = torch.nn.functional.kl_div(torch.log_softmax(zs / 3, 1), torch.softmax(zt / 3, 1),
                                       reduction="batchmean").item()
-    assert math.isclose(soft_kl(zs, zt, 3.0).item(), 9 * kl_t, rel_tol=1e-5)
-    assert base > 0
-    assert abs(soft_kl(zt, zt, 4.0).item()) < 1e-6
+    assert math.isclose(soft_kl_logp(zs, teacher_log_probs(zt, 3.0), 3.0).item(), 9 * kl_t, rel_tol=1e-5)
+    assert soft_kl_logp(zs, teacher_log_probs(zt, 1.0), 1.0).item() > 0
+    assert abs(soft_kl_logp(zt, teacher_log_probs(zt, 4.0), 4.0).item()) < 1e-6
 
 
-def test_alpha_one_ignores_labels_and_alpha_zero_ignores_teacher() -> None:
-    zs, zt = torch.randn(4, 5, requires_grad=True), torch.randn(4, 5)
-    y1, y2 = torch.tensor([0, 1, 2, 3]), torch.tensor([4, 4, 4, 4])
-    assert kd_loss(zs, zt, y1, 4.0, 1.0)["hard"].item() == 0.0
-    a = sum(kd_loss(zs, zt, y1, 4.0, 1.0).values())
-    b = sum(kd_loss(zs, zt, y2, 4.0, 1.0).values())
-    assert torch.allclose(a, b)
-    c = sum(kd_loss(zs, zt, y1, 4.0, 0.0).values())
-    d = sum(kd_loss(zs, torch.randn(4, 5), y1, 4.0, 0.0).values())
-    assert torch.allclose(c, d)
+def test_hard_loss_is_one_minus_alpha_times_cross_entropy() -> None:
+    z, y = torch.tensor(ZS), torch.tensor([0, 2])
+    ce = sum(-math.log(_softmax(row, 1.0)[label]) for row, label in zip(ZS, [0, 2], strict=True)) / 2
+    assert cross_entropy(z, y).item() == pytest.approx(ce, rel=1e-6)
+    assert hard_loss(z, y, 0.9).item() == pytest.approx(0.1 * ce, rel=1e-5)
+    assert hard_loss(z, y, 1.0).item() == 0.0
+    assert cross_entropy(z.bfloat16(), y).dtype == torch.float32  # float32 whatever the autocast dtype

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from kdcore.checkpoints import load_student
-from kdcore.datasets import load_dataset
+from kdcore.errors import Cancelled, JobError
 from kdcore.spec import JobSpec
-from kdcore.train import CHECKPOINT, Cancelled, JobError, Teacher, run
+from kdcore.train import CHECKPOINT, Teacher, run
 
 
 def _spec(**over: Any) -> JobSpec:
@@ -19,11 +19,6 @@ def _spec(**over: Any) -> JobSpec:
                          "training": {"epochs": 4, "batch_size": 64, "lr": 0.05, "seed": 3}}
     s.update(over)
     return JobSpec.model_validate(s)
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory: pytest.TempPathFactory):
-    return load_dataset("digits", tmp_path_factory.mktemp("root"))
 
 
 def test_resume_continues_from_the_epoch_checkpoint(digits, tmp_path: Path) -> None:
@@ -91,6 +86,22 @@ def test_diverging_loss_is_a_clear_failure(digits, tmp_path: Path) -> None:
     with pytest.raises(JobError) as e:
         run(spec, digits, [], tmp_path)
     assert e.value.code == "non_finite_loss" and "lr" in e.value.message
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a CPU-only machine")
+def test_the_device_and_threads_passed_in_are_used(digits, tmp_path: Path) -> None:
+    # resources.device cuda would fail with no_cuda here if run() resolved it again
+    spec = _spec(resources={"device": "cuda"}, training={"epochs": 1, "batch_size": 64, "lr": 0.05})
+    before = torch.get_num_threads()
+    try:
+        rep = run(spec, digits, [], tmp_path, device=torch.device("cpu"), threads=1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert rep["device"] == "cpu" and rep["student"]["top1"] > 0.5
+    with pytest.raises(JobError) as e:
+        run(spec, digits, [], tmp_path / "resolved")
+    assert e.value.code == "no_cuda"
 
 
 @pytest.mark.gpu
