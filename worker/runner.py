@@ -29,9 +29,10 @@ from kdcore.errors import (
     OutOfMemory,
     UnknownNameError,
 )
+from kdcore.hardware import resolve_device
 from kdcore.oom import with_oom_retry
 from kdcore.spec import JobSpec, TeacherSpec
-from kdcore.train import CHECKPOINT, Teacher, resolve_device, run
+from kdcore.train import CHECKPOINT, Teacher, run
 from worker.artifacts import ArtifactStore
 from worker.config import WorkerSettings, get_settings
 from worker.heartbeat import beat_while_busy

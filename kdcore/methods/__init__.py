@@ -2,9 +2,9 @@
 
 base.py holds the interface (`Distiller`, `TeacherOutput`), the `METHODS` registry and `register_method`;
 none.py, kd.py, dkd.py, fitnets.py, at.py and dml.py one method each; feature_base.py what FitNets and
-AT share. Importing this package imports every method module, which registers it.
+AT share. Importing this package imports every module in it (kdcore.registry.import_family), and each
+method module registers itself: a new method is one new file.
 """
-from kdcore.methods import at, dkd, dml, fitnets, kd, none  # noqa: F401  (imported to register the methods)
 from kdcore.methods.base import (
     METHODS,
     Distiller,
@@ -15,6 +15,9 @@ from kdcore.methods.base import (
     method_catalog,
     register_method,
 )
+from kdcore.registry import import_family
+
+import_family(__name__, __path__)
 
 __all__ = ["METHODS", "Distiller", "ExtraStudent", "ModelFactory", "TeacherOutput", "Terms", "method_catalog",
            "register_method"]
