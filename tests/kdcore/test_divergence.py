@@ -87,4 +87,7 @@ def test_a_distilled_student_stuck_at_chance_below_a_good_teacher_is_diverged(di
         run(spec, digits, [Teacher(teacher, 1, 1)], tmp_path / "kd",
             lambda kind, d: epochs.append(d) if kind == "epoch" else None)
     assert e.value.code == "diverged" and "although the teacher scores" in e.value.message
-    assert "T^2 = 400" in e.value.message and len(epochs) == 3 and all(r["test_top1"] < 0.2 for r in epochs)
+    assert "T^2 = 400" in e.value.message
+    # It fires as soon as three epochs in a row sat at chance. Whether the student's first epoch already does
+    # depends on the CPU's float kernels (it reached 0.34 on a CPU without AVX-512 BF16, then fell to chance).
+    assert 3 <= len(epochs) <= 4 and all(r["test_top1"] < 0.2 for r in epochs[-3:])
