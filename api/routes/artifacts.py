@@ -11,13 +11,12 @@ from api.deps import ArtifactsDep, QuotasDep, SettingsDep, StoreDep, TenantDep
 from api.errors import Problem, invalid, problems
 from api.schemas import ArtifactPublic
 from api.upload_stream import receive_file
-from kdcore.checkpoints import EXTENSIONS, CheckpointError, detect_format, inspect_upload
-from kdcore.datasets import DatasetError, inspect_imagefolder, inspect_npz
+from kdcore.checkpoints import DATASET_FORMATS, EXTENSIONS, detect_format, inspect_upload
+from kdcore.datasets import dataset_info
+from kdcore.errors import CheckpointError, DatasetError
 from worker.store import new_id, now_iso
 
 router = APIRouter(prefix=UPLOAD_PATH, tags=["artifacts"])
-# Uploads that are datasets (kdcore.checkpoints.DATASET_FORMATS): checked as data (shapes, labels, images) on arrival.
-DATASET_INSPECTORS = {"npz": inspect_npz, "imagefolder": inspect_imagefolder}
 
 
 UPLOAD_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
@@ -42,8 +41,9 @@ def _inspect(path: Path, filename: str) -> dict:
     """Reads the file's header (never builds or runs a model); datasets are checked as data."""
     try:
         meta = inspect_upload(path, filename)
-        if meta["format"] in DATASET_INSPECTORS:
-            meta["dataset"] = DATASET_INSPECTORS[meta["format"]](path).describe()
+        if meta["format"] in DATASET_FORMATS:  # checked as data (shapes, labels, images) by its dataset's
+            # inspector: the dataset kinds that take uploads are named by their format (npz, imagefolder)
+            meta["dataset"] = dataset_info(meta["format"], path).describe()
     except (CheckpointError, DatasetError) as e:
         raise invalid(("body", "file"), str(e)) from e
     return meta
