@@ -359,3 +359,67 @@ def distillery_up(tmp: Path, env: Mapping[str, str], *args: str, ready: str = "/
                 code = "still running 60 s after Ctrl-C"
         kill_group(proc)
         assert code in (None, 0), f"distillery up after Ctrl-C: {code}\n" + up.log()[-3000:]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (children, their children, ...)."""
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
+    children: dict[int, list[int]] = {}
+    for line in out.splitlines():
+        child, parent = map(int, line.split())
+        children.setdefault(parent, []).append(child)
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def alive(pids: Sequence[int]) -> list[int]:
+    """Those of `pids` still running (zombies count as gone)."""
+    left = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z":
+            left.append(pid)
+    return left
+
+
+def running_from(folder: Path) -> list[int]:
+    """Processes working in `folder` or naming it on their command line (what the contract harness counts
+    as left over)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if cwd.startswith(str(folder)) or str(folder) in cmd:
+            found.append(int(entry.name))
+    return found
+
+
+def ctrl_c_and_check_nothing_is_left(up: Up, folder: Path, spare: Sequence[int] = ()) -> None:
+    """Ctrl-C to `distillery up`, then: it exits 0 within 20 s, says it stopped, and nothing it started (nor
+    anything else working in or naming `folder`, except the `spare` pids) is left."""
+    tree = descendants(up.proc.pid)
+    assert tree, "no children?"
+    os.killpg(up.proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+    try:
+        up.proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("distillery up still running 20 s after Ctrl-C:\n" + up.log()[-3000:]) from None
+    left = alive(tree) + [pid for pid in running_from(folder) if pid not in (os.getpid(), *spare)]
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert not left, f"left running after Ctrl-C: {left}\n" + up.log()[-3000:]
+    assert up.proc.returncode == 0
+    assert "stopped" in up.log()
