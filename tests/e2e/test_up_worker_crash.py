@@ -39,7 +39,7 @@ def test_worker_killed_under_distillery_up_is_restarted_and_the_job_resumes(tmp_
     with distillery_up(tmp_path, env, "--queues", "cpu", installed=True, cwd=tmp_path) as up:
         base = up.base
         assert httpx.get(base + "/docs", timeout=10).status_code == 200
-        epochs = 12
+        epochs = 8
         r = httpx.post(base + "/v1/jobs", json=spec(training={"epochs": epochs, "batch_size": 32, "lr": 0.01,
                                                                "seed": 1}), timeout=30)
         assert r.status_code == 202, r.text
