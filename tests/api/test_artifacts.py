@@ -7,7 +7,7 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from api.settings import Settings
-from tests.api.test_auth import _npz
+from tests.helpers import npz_bytes as _npz
 
 
 def test_upload_over_the_limit_is_413_and_leaves_nothing(redis_url: str, tmp_path: Path) -> None:

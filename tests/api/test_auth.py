@@ -10,10 +10,9 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from api.settings import Settings
-from tests.api.live_server import serve
-
-SPEC = {"student": {"architecture": "mlp", "kwargs": {"hidden": [32]}}, "dataset": {"name": "digits"},
-        "distillation": {"method": "none"}, "training": {"epochs": 1}, "resources": {"device": "cpu"}}
+from tests.harness import serve_app as serve
+from tests.helpers import TINY_SPEC as SPEC
+from tests.helpers import npz_bytes as _npz
 
 
 def test_keys_tenants_and_isolation(redis_url: str, redis_client, tmp_path: Path) -> None:
@@ -69,19 +68,6 @@ def test_open_mode_answers_only_connections_to_loopback(redis_url: str, redis_cl
         assert httpx.get(f"http://{outward}:{port}/v1/jobs").status_code == 403
         assert httpx.get(f"http://{outward}:{port}/healthz").status_code == 200  # probes stay open
         assert httpx.get(f"http://127.0.0.1:{port}/v1/jobs").json()["data"] == []  # the refused submit wrote nothing
-
-
-def _npz() -> bytes:
-    import io
-
-    import numpy as np
-
-    buf = io.BytesIO()
-    rng = np.random.default_rng(0)
-    np.savez(buf, x_train=rng.integers(0, 255, (20, 8, 8), dtype=np.uint8), y_train=np.arange(20) % 2,
-             x_test=rng.integers(0, 255, (6, 8, 8), dtype=np.uint8), y_test=np.arange(6) % 2)
-    return buf.getvalue()
-
 
 
 def test_every_route_needs_a_key_and_hides_other_tenants(redis_url: str, redis_client, tmp_path: Path) -> None:

@@ -9,8 +9,9 @@ import httpx
 import redis
 
 from api.settings import Settings
-from tests.api.live_server import serve
-from tests.api.test_auth import SPEC, _npz
+from tests.harness import serve_app as serve
+from tests.helpers import TINY_SPEC as SPEC
+from tests.helpers import npz_bytes as _npz
 
 A = {"Authorization": "Bearer ka"}
 B = {"Authorization": "Bearer kb"}

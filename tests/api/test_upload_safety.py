@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from api.settings import Settings
-from tests.api.live_server import serve
+from tests.harness import serve_app as serve
 
 
 class _OpenOnUnpickle:

@@ -11,17 +11,14 @@ import sys
 import textwrap
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
 from distillery import cli, redis_server, supervisor
+from tests import harness
 
-ROOT = Path(__file__).resolve().parents[2]
 NO_KEYS = {"KD_API_KEYS": "", "KD_API_KEYS_FILE": ""}
 
 
@@ -91,22 +88,13 @@ def test_api_with_two_processes_serves(redis_url: str, tmp_path: Path) -> None:
     """`distillery api --api-workers 2`: two uvicorn processes behind one port, both answering."""
     port = redis_server.free_port()
     env = {**os.environ, "KD_REDIS_URL": redis_url, "KD_DATA_DIR": str(tmp_path)}
-    proc = subprocess.Popen([sys.executable, "-m", "distillery", "api", "--port", str(port), "--api-workers", "2"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        pids: set[str] = set()
-        t0 = time.time()
-        while len(pids) < 2:
-            assert proc.poll() is None and time.time() - t0 < 90, "the API did not come up with two processes"
-            with contextlib.suppress(urllib.error.URLError, ConnectionError):
-                children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
-                    assert r.status == 200
-                pids = set(children)
-            time.sleep(0.5)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(30)
+    argv = harness.distillery_argv("api", "--port", str(port), "--api-workers", "2")
+    with harness.process(argv, env, tmp_path / "api.log") as proc:
+        def both_serve() -> bool:
+            assert proc.poll() is None, (tmp_path / "api.log").read_text()[-3000:]
+            children = harness.pool_children(proc.pid)
+            return harness.http_status(f"http://127.0.0.1:{port}/healthz") == 200 and len(children) >= 2
+        harness.wait_for("the API up with two processes", both_serve, timeout=90, every=0.2)
 
 
 # --- binding without keys ----------------------------------------------------------------------
@@ -390,108 +378,7 @@ app.conf.broker_connection_retry_on_startup = True
 '''
 
 
-def descendants(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
-    children: dict[int, list[int]] = {}
-    for line in out.splitlines():
-        child, parent = map(int, line.split())
-        children.setdefault(parent, []).append(child)
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def alive(pids: list[int]) -> list[int]:
-    left = []
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if state != "Z":
-            left.append(pid)
-    return left
-
-
-def running_from(folder: Path) -> list[int]:
-    """Processes working in `folder` or naming it on their command line (what the contract
-    harness counts as left over)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cwd = os.readlink(entry / "cwd")
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if cwd.startswith(str(folder)) or str(folder) in cmd:
-            found.append(int(entry.name))
-    return found
-
-
-def http_status(url: str) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except (urllib.error.URLError, OSError):
-        return None
-
-
-@contextlib.contextmanager
-def distillery_up(tmp_path: Path, env: dict[str, str], ready_timeout: float) -> Iterator[tuple]:
-    """`distillery up` in a new session on a free port, as a user (and the contract harness) runs
-    it; yields (process, base url, log file)."""
-    exe = Path(sys.executable).parent / "distillery"
-    port = redis_server.free_port()
-    log_path = tmp_path / "up.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [str(exe), "up", "--port", str(port), "--data-dir", str(tmp_path / "data")],
-            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + ready_timeout
-            while http_status(base + "/healthz") != 200:
-                assert proc.poll() is None, "distillery up exited early:\n" + log_path.read_text()[-3000:]
-                assert time.monotonic() < deadline, "no /healthz 200:\n" + log_path.read_text()[-3000:]
-                time.sleep(0.5)
-            yield proc, base, log_path
-        finally:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)  # only reached when the test already failed
-            proc.wait(timeout=30)
-
-
-def ctrl_c_and_check_nothing_is_left(
-    proc: subprocess.Popen, tmp_path: Path, log_path: Path, spare: tuple[int, ...] = ()
-) -> None:
-    """Ctrl-C, then: the supervisor exits within 20 s and nothing it started (nor anything else
-    working in tmp_path, except the `spare` pids) is left."""
-    tree = descendants(proc.pid)
-    assert tree, "no children?"
-    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        pytest.fail("distillery up still running 20 s after Ctrl-C:\n" + log_path.read_text()[-3000:])
-    left = alive(tree) + [pid for pid in running_from(tmp_path) if pid not in (os.getpid(), *spare)]
-    for pid in left:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    assert not left, f"left running after Ctrl-C: {left}\n" + log_path.read_text()[-3000:]
-    assert proc.returncode == 0
-    assert "stopped" in log_path.read_text()
-
-
-def clean_env() -> dict[str, str]:
+def no_kd_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KD_")}
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -506,10 +393,10 @@ def stand_in_env(tmp_path: Path) -> dict[str, str]:
     (stubs / "api" / "main.py").write_text(STUB_API)
     (stubs / "worker" / "__init__.py").write_text("")
     (stubs / "worker" / "celery_app.py").write_text(STUB_CELERY)
-    env = clean_env()
+    env = no_kd_env()
     # PYTHONPATH comes before the editable install of the real api/ and worker/ packages (the
-    # children run in tmp_path, so the checkout is not on their path).
-    env["PYTHONPATH"] = str(stubs)
+    # children run in tmp_path, so the checkout is not on their path otherwise).
+    env["PYTHONPATH"] = os.pathsep.join([str(stubs), str(harness.ROOT)])  # the stubs first, then this checkout
     return env
 
 
@@ -519,7 +406,9 @@ def test_up_with_stand_in_api_and_worker(tmp_path: Path) -> None:
     process must be stopped too), but stand-in API and Celery app modules: it checks process
     management, not the service."""
     env = stand_in_env(tmp_path)
-    with distillery_up(tmp_path, env, ready_timeout=90) as (proc, base, log_path):
+    with harness.distillery_up(tmp_path, env, ready="/healthz", ready_timeout=90, installed=True,
+                               cwd=tmp_path) as up:
+        proc, base, log_path = up.proc, up.base, up.log_path
         banner = f"Distillery is up: {base}  (Swagger UI: {base}/docs)"
         deadline = time.monotonic() + 10  # the supervisor probes /healthz every half second
         while banner not in log_path.read_text():
@@ -529,7 +418,7 @@ def test_up_with_stand_in_api_and_worker(tmp_path: Path) -> None:
 
         # The worker is a prefork Celery worker: kill its whole group, the supervisor starts a new one.
         def worker_pid() -> int | None:
-            for pid in descendants(proc.pid):
+            for pid in harness.descendants(proc.pid):
                 with contextlib.suppress(OSError):
                     cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
                     if b"celery" in cmd and os.getpgid(pid) == pid:
@@ -547,7 +436,7 @@ def test_up_with_stand_in_api_and_worker(tmp_path: Path) -> None:
             time.sleep(0.3)
         assert "worker exited with signal SIGKILL" in log_path.read_text()
         assert "restarting in 1 s" in log_path.read_text()
-        ctrl_c_and_check_nothing_is_left(proc, tmp_path, log_path)
+        harness.ctrl_c_and_check_nothing_is_left(up, tmp_path)
 
 
 @pytest.mark.timeout(180)
@@ -556,33 +445,18 @@ def test_up_uses_kd_redis_url_and_leaves_that_redis_alone(tmp_path: Path) -> Non
     try:
         env = stand_in_env(tmp_path)
         env["KD_REDIS_URL"] = external.url
-        with distillery_up(tmp_path, env, ready_timeout=90) as (proc, _, log_path):
-            assert f"using Redis at {external.url}" in log_path.read_text()
+        with harness.distillery_up(tmp_path, env, ready="/healthz", ready_timeout=90, installed=True,
+                                   cwd=tmp_path) as up:
+            assert f"using Redis at {external.url}" in up.log()
             assert not (tmp_path / "data" / "redis").exists()  # no Redis of its own
-            ctrl_c_and_check_nothing_is_left(proc, tmp_path, log_path, spare=(external.proc.pid,))
+            harness.ctrl_c_and_check_nothing_is_left(up, tmp_path, spare=(external.proc.pid,))
         assert external.proc.poll() is None  # someone else's Redis is not stopped
     finally:
         external.stop()
 
 
-def _real_stack_missing() -> str | None:
-    probe = subprocess.run(
-        [sys.executable, "-c", "import api.main, worker.celery_app; api.main.create_app"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )
-    if probe.returncode != 0:
-        return "api.main / worker.celery_app not importable yet: " + probe.stderr.strip()[-300:]
-    return None
-
-
-@pytest.mark.timeout(400)
-def test_up_real_stack_healthz_then_ctrl_c(tmp_path: Path) -> None:
-    missing = _real_stack_missing()
-    if missing:
-        pytest.skip(missing)
-    with distillery_up(tmp_path, clean_env(), ready_timeout=240) as (proc, base, log_path):
-        assert http_status(base + "/docs") == 200
-        ctrl_c_and_check_nothing_is_left(proc, tmp_path, log_path)
+# The real API and worker under `distillery up` (docs served, a worker killed and restarted, Ctrl-C leaving
+# nothing behind): tests/e2e/test_up_worker_crash.py.
 
 
 def test_worker_under_up_runs_at_a_lower_cpu_priority_than_the_api(tmp_path: Path) -> None:

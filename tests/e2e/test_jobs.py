@@ -20,52 +20,7 @@ from safetensors.torch import save_file
 from kdcore.checkpoints import export_onnx, export_program, load_student
 from kdcore.datasets import load_dataset
 from kdcore.evaluate import evaluate
-
-TEACHER_HIDDEN = [256, 256]
-
-
-def spec(**over: Any) -> dict[str, Any]:
-    s: dict[str, Any] = {
-        "student": {"architecture": "mlp", "kwargs": {"hidden": TEACHER_HIDDEN}},
-        "dataset": {"name": "digits"},
-        "distillation": {"method": "none"},
-        "training": {"epochs": 8, "batch_size": 64, "lr": 0.05, "seed": 0},
-        "resources": {"device": "cpu"},
-    }
-    s.update(over)
-    return s
-
-
-def kd_spec(teacher: dict[str, Any], epochs: int = 6, **over: Any) -> dict[str, Any]:
-    return spec(student={"architecture": "mlp", "kwargs": {"hidden": [32]}}, teacher=teacher,
-                distillation={"method": "kd", "temperature": 4.0, "alpha": 0.9},
-                training={"epochs": epochs, "batch_size": 64, "lr": 0.05, "seed": 0}, **over)
-
-
-def sse_events(http: httpx.Client, job_id: str) -> list[tuple[str, dict[str, Any]]]:
-    """Reads the server-sent event stream until the server ends it (the job has ended)."""
-    out: list[tuple[str, dict[str, Any]]] = []
-    kind = None
-    with http.stream("GET", f"/v1/jobs/{job_id}/events", headers={"Accept": "text/event-stream"},
-                     timeout=httpx.Timeout(120, read=60)) as r:
-        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-        for line in r.iter_lines():
-            if line.startswith("event: "):
-                kind = line[7:]
-            elif line.startswith("data: ") and kind:
-                out.append((kind, json.loads(line[6:])))
-                if kind == "end":
-                    break
-    return out
-
-
-@pytest.fixture(scope="module")
-def teacher_job(service) -> dict[str, Any]:
-    with service.client() as http:
-        jid = service.submit(http, spec(name="digits-teacher"))
-        job = service.wait(http, jid)
-        assert job["status"] == "succeeded", job["error"]
-        return job
+from tests.helpers import TEACHER_HIDDEN, kd_spec, spec, sse_events
 
 
 def test_catalog_lists_registries(service) -> None:
@@ -83,7 +38,7 @@ def test_teacher_then_kd_student_end_to_end(service, teacher_job, dataset_root: 
     t_report = teacher_job["report"]
     assert t_report["student"]["top1"] > 0.9 and "teacher" not in t_report
     with service.client() as http:
-        jid = service.submit(http, kd_spec({"job": teacher_job["id"]}, baseline=True))
+        jid = service.submit(kd_spec({"job": teacher_job["id"]}, baseline=True))
         events = sse_events(http, jid)
         kinds = [k for k, _ in events]
         assert "progress" in kinds and "epoch" in kinds and kinds[-1] == "end"
@@ -152,8 +107,8 @@ def test_uploaded_teacher_formats(service, teacher_job, fmt: str, tmp_path: Path
         teacher = {"checkpoint": art["id"]}
         if fmt == "safetensors":
             teacher.update(architecture="mlp", kwargs={"hidden": TEACHER_HIDDEN})
-        jid = service.submit(http, kd_spec(teacher, epochs=3))
-        job = service.wait(http, jid)
+        jid = service.submit(kd_spec(teacher, epochs=3))
+        job = service.wait(jid)
         assert job["status"] == "succeeded", job["error"]
         rep = job["report"]
         # the same network in another container scores the same on the same test split
@@ -163,12 +118,12 @@ def test_uploaded_teacher_formats(service, teacher_job, fmt: str, tmp_path: Path
 
 def test_cancel_running_job(service) -> None:
     with service.client() as http:
-        jid = service.submit(http, spec(training={"epochs": 500, "batch_size": 16, "lr": 0.01}))
-        service.wait(http, jid, 120, states=("running",))
+        jid = service.submit(spec(training={"epochs": 500, "batch_size": 16, "lr": 0.01}))
+        service.wait(jid, 120, states=("running",))
         assert http.get(f"/v1/jobs/{jid}/report").status_code == 409
         r = http.post(f"/v1/jobs/{jid}/cancel")
         assert r.status_code == 202 and r.json()["status"] in ("cancelling", "cancelled")
-        job = service.wait(http, jid, 10)
+        job = service.wait(jid, 10)
         assert job["status"] == "cancelled"
         assert any(e["type"] == "progress" for e in http.get(f"/v1/jobs/{jid}/events").json()["data"])
         assert http.post(f"/v1/jobs/{jid}/cancel").status_code == 409
@@ -239,7 +194,7 @@ def test_idempotency_key_returns_the_same_job(service) -> None:
         a = http.post("/v1/jobs", json=s, headers={"Idempotency-Key": "abc-1"}).json()
         b = http.post("/v1/jobs", json=s, headers={"Idempotency-Key": "abc-1"}).json()
         assert a["id"] == b["id"]
-        assert service.wait(http, a["id"])["status"] == "succeeded"
+        assert service.wait(a["id"])["status"] == "succeeded"
 
 
 def test_health_and_docs(service) -> None:
@@ -285,8 +240,8 @@ def test_uploaded_datasets_npz_and_imagefolder(service, tmp_path: Path) -> None:
         wrong = http.post("/v1/jobs", json=spec(dataset={"name": "npz", "artifact": ids["imagefolder"]}))
         assert wrong.status_code == 422 and wrong.json()["errors"][0]["loc"] == ["body", "dataset", "artifact"]
         for name, art in ids.items():
-            jid = service.submit(http, spec(dataset={"name": name, "artifact": art},
+            jid = service.submit(spec(dataset={"name": name, "artifact": art},
                                             training={"epochs": 4, "batch_size": 32, "lr": 0.05}))
-            job = service.wait(http, jid)
+            job = service.wait(jid)
             assert job["status"] == "succeeded", job["error"]
             assert job["report"]["student"]["top1"] > 0.5

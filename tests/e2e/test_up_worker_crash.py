@@ -1,20 +1,25 @@
-"""`distillery up` restarts a worker that was killed: the real command in a subprocess, with its
-embedded Redis on a free port and a temporary data dir. kill -9 of the worker (main process and
-pool) mid-job; the supervisor starts a new worker, whose sweep finds the job's lease lapsed and
-re-enqueues it; it resumes from its last epoch checkpoint and succeeds with every epoch."""
+"""`distillery up` for real, as a user runs it: the installed command in a new session, in an empty folder,
+with its embedded Redis on a free port and its own data dir. It serves the API and its docs; kill -9 of
+the worker (main process and pool) mid-job makes the supervisor start a new worker, whose sweep finds
+the job's lease lapsed and re-enqueues it; the job resumes from its last epoch checkpoint and succeeds
+with every epoch; and Ctrl-C stops everything it started."""
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 
-from distillery.redis_server import free_port
-from tests.e2e.stack import FAULT_ENV, ROOT, pool_children, stop_group, wait_for
-from tests.e2e.test_jobs import spec
+from tests.harness import (
+    FAULT_ENV,
+    clean_env,
+    ctrl_c_and_check_nothing_is_left,
+    distillery_up,
+    pool_children,
+    wait_for,
+)
+from tests.helpers import spec
 
 
 def _worker_pid(supervisor: int) -> int | None:
@@ -29,26 +34,19 @@ def _worker_pid(supervisor: int) -> int | None:
 
 def test_worker_killed_under_distillery_up_is_restarted_and_the_job_resumes(tmp_path: Path,
                                                                            dataset_root: Path) -> None:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, **FAULT_ENV, "KD_DATASET_ROOT": str(dataset_root), "PYTHONUNBUFFERED": "1"}
-    for k in ("KD_REDIS_URL", "KD_API_KEYS", "KD_API_KEYS_FILE", "KD_DATA_DIR"):
-        env.pop(k, None)
-    log = open(tmp_path / "up.log", "w")
-    up = subprocess.Popen([sys.executable, "-m", "distillery", "up", "--host", "127.0.0.1", "--port", str(port),
-                           "--data-dir", str(tmp_path / "data"), "--queues", "cpu"], cwd=ROOT, env=env,
-                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_for("distillery up ready", lambda: up.poll() is None and
-                 httpx.get(base + "/readyz", timeout=5).status_code == 200, timeout=180)
-        epochs = 12
+    env = clean_env({**FAULT_ENV, "KD_DATASET_ROOT": str(dataset_root)},
+                    drop=("KD_REDIS_URL", "KD_DATA_DIR", "KD_API_WORKERS"))
+    with distillery_up(tmp_path, env, "--queues", "cpu", installed=True, cwd=tmp_path) as up:
+        base = up.base
+        assert httpx.get(base + "/docs", timeout=10).status_code == 200
+        epochs = 8
         r = httpx.post(base + "/v1/jobs", json=spec(training={"epochs": epochs, "batch_size": 32, "lr": 0.01,
                                                                "seed": 1}), timeout=30)
         assert r.status_code == 202, r.text
         jid = r.json()["id"]
         wait_for("epoch 2", lambda: (httpx.get(f"{base}/v1/jobs/{jid}", timeout=10).json().get("metrics") or {})
-                 .get("epoch", 0) >= 2, timeout=120)
-        first = _worker_pid(up.pid)
+                 .get("epoch", 0) >= 2, timeout=120, every=0.05)
+        first = _worker_pid(up.proc.pid)
         assert first and pool_children(first), "no worker with a pool process under distillery up"
         os.killpg(first, signal.SIGKILL)  # the worker's whole process group: main process and pool
 
@@ -56,7 +54,7 @@ def test_worker_killed_under_distillery_up_is_restarted_and_the_job_resumes(tmp_
             "status"] in ("succeeded", "failed", "cancelled") and j, timeout=180)
         assert job["status"] == "succeeded", job["error"]
         assert job["attempts"] == 2
-        second = _worker_pid(up.pid)
+        second = _worker_pid(up.proc.pid)
         assert second and second != first  # the supervisor started a new worker
         report = httpx.get(f"{base}/v1/jobs/{jid}/report", timeout=10).json()
         assert [e["epoch"] for e in report["epochs"]] == list(range(1, epochs + 1))
@@ -64,12 +62,5 @@ def test_worker_killed_under_distillery_up_is_restarted_and_the_job_resumes(tmp_
         logs = [e["data"].get("message", "") for e in events if e["type"] == "log"]
         assert any("resumed distill from its epoch" in m for m in logs), logs
         assert [e["data"]["status"] for e in events if e["type"] == "status"].count("running") == 2
-        assert "worker exited with signal SIGKILL" in (tmp_path / "up.log").read_text()
-    finally:
-        if up.poll() is None:
-            up.send_signal(signal.SIGINT)  # Ctrl-C: the supervisor stops API, worker and Redis in order
-            try:
-                assert up.wait(60) == 0
-            finally:
-                stop_group(up)
-        log.close()
+        assert "worker exited with signal SIGKILL" in up.log()
+        ctrl_c_and_check_nothing_is_left(up, tmp_path)
