@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 MNIST_DIR = SHARED / "datasets" / "mnist"
 FINAL = ("succeeded", "failed", "cancelled")
-FAULT_ENV = {"KD_LEASE_TTL_S": "5", "KD_WORKER_HEARTBEAT_S": "0.5", "KD_MAX_ATTEMPTS": "2"}
+FAULT_ENV = {"KD_LEASE_TTL_S": "5", "KD_WORKER_HEARTBEAT_S": "0.5", "KD_MAX_ATTEMPTS": "2",
+             "KD_UNSENT_GRACE_S": "2"}
 SHOW_LOGS = bool(os.environ.get("KD_TEST_SHOW_LOGS"))
 
 

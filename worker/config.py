@@ -31,7 +31,9 @@ class WorkerSettings(BaseSettings):
     visibility_timeout_s: int = Field(7 * 24 * 3600, ge=60, description="broker re-delivery of unacked messages; "
                                       "longer than the longest job")
     max_attempts: int = Field(3, ge=1, description="deliveries after which a job whose worker keeps dying fails")
-    worker_heartbeat_s: float = Field(5.0, gt=0)
+    worker_heartbeat_s: float = Field(5.0, gt=0, description="how often a worker proves it consumes, and sweeps")
+    unsent_grace_s: float = Field(10.0, ge=0, description="a job written but not confirmed sent this long ago "
+                                  "lost its API process; a worker's sweep sends it")
     worker_device: str | None = Field(None, description="the device this worker trains on, e.g. cuda:1; set by "
                                       "`distillery worker --device`. Unset: cuda when there is one, else cpu")
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per job; unset: the CPUs "

@@ -127,7 +127,7 @@ def _sweep(app: Any) -> None:
     lifecycle = Lifecycle(JobStore.from_url(settings.redis), Sender(app))
     while not _stop.is_set():
         try:
-            lifecycle.sweep()
+            lifecycle.sweep(settings.unsent_grace_s)
         except Exception as e:  # Redis restarting: try again next period
             log.warning("sweep: %s", e)
         _stop.wait(settings.worker_heartbeat_s)

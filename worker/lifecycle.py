@@ -236,8 +236,8 @@ class Lifecycle:
             self.r.zrem(keys.UNSENT, job_id)
         return sent
 
-    def sweep(self) -> None:
+    def sweep(self, unsent_grace_s: float = UNSENT_GRACE_S) -> None:
         """What every worker does every heartbeat period."""
         self.requeue_orphans()
-        self.send_unsent()
+        self.send_unsent(unsent_grace_s)
         self.release_waiting()

@@ -25,7 +25,8 @@ import pytest
 from api.settings import Settings
 from tests.harness import FAULT_ENV, Stack, pool_children, running_stack, wait_for
 from tests.helpers import spec
-from worker.celery_app import RUN_JOB, make_celery
+from worker.broker import Sender, make_celery
+from worker.lifecycle import Lifecycle
 from worker.store import JobStore
 
 LONG = {"epochs": 8, "batch_size": 32, "lr": 0.01, "seed": 1}
@@ -104,9 +105,9 @@ def test_a_second_delivery_while_the_lease_lives_does_nothing(stack: Stack) -> N
     jid = _submit(stack, epochs=1000)
     stack.wait_epoch(jid, 1)
     # the same job id delivered twice more while it runs: the idle worker takes them
-    sender = make_celery(Settings(redis_url=stack.redis.url))
+    send = Sender(make_celery(Settings(redis_url=stack.redis.url)))
     for _ in range(2):
-        sender.send_task(RUN_JOB, args=[jid], queue="cpu")
+        send(jid, "cpu")
     wait_for("a duplicate delivery to be refused", lambda: sum(
         f"job {jid}: lease held by another delivery" in stack.log(w) for w in ("w1", "w2")), timeout=60)
     assert httpx.post(f"{stack.base}/v1/jobs/{jid}/cancel", timeout=30).status_code == 202
@@ -246,12 +247,17 @@ def test_no_accepted_job_is_lost_when_the_api_is_killed_under_load(stack: Stack)
 
 def test_a_job_written_but_never_enqueued_is_sent_by_the_sweep(stack: Stack) -> None:
     # The state an API leaves when it dies between writing the record and sending the message: the
-    # record exactly as the API writes it (JobStore.create_job), and no message.
+    # record exactly as the API writes it (Lifecycle.submit), and no message.
     name = _one_worker(stack)
     seen = len(stack.log(name))
-    store = JobStore.from_url(stack.redis_url)
-    rec, created = store.create_job("default", TINY, "cpu", "stranded")
-    assert created and stack.r.zscore("kd:unsent", rec["id"]) is not None
+
+    def process_dies(job_id: str, queue: str) -> None:
+        raise SystemExit(1)
+
+    with pytest.raises(SystemExit):
+        Lifecycle(JobStore.from_url(stack.redis_url), process_dies).submit("default", TINY, "cpu", "stranded")
+    (job_id,) = [j for j in stack.r.zrange("kd:unsent", 0, -1) if stack.r.hget(f"kd:job:{j}", "name") == "stranded"]
+    rec = {"id": job_id}
     job = stack.wait_final(rec["id"], timeout=120)
     assert job["status"] == "succeeded" and job["attempts"] == 1, job
     assert stack.r.zscore("kd:unsent", rec["id"]) is None
