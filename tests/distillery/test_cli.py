@@ -391,7 +391,9 @@ def stand_in_env(tmp_path: Path) -> dict[str, str]:
     (stubs / "worker").mkdir()
     (stubs / "api" / "__init__.py").write_text("")
     (stubs / "api" / "main.py").write_text(STUB_API)
-    (stubs / "worker" / "__init__.py").write_text("")
+    # the stand-in celery_app is found first; the rest of the worker package (queues.py, which the
+    # command itself imports) still comes from this checkout
+    (stubs / "worker" / "__init__.py").write_text(f"__path__.append({str(harness.ROOT / 'worker')!r})\n")
     (stubs / "worker" / "celery_app.py").write_text(STUB_CELERY)
     env = no_kd_env()
     # PYTHONPATH comes before the editable install of the real api/ and worker/ packages (the
