@@ -9,6 +9,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.validation import user_errors
+
 PROBLEM = "application/problem+json"
 TITLES = {400: "Bad request", 401: "Unauthorized", 404: "Not found", 409: "Conflict", 413: "Payload too large",
           415: "Unsupported media type", 422: "Invalid input", 429: "Too many requests", 503: "Unavailable"}
@@ -79,10 +81,6 @@ def problem_response(status: int, detail: str, errors: list[dict[str, Any]] | No
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
-def _clean_msg(msg: str) -> str:
-    return msg.removeprefix("Value error, ")
-
-
 # Paths that answer without an API key (probes, and the catalog, which lists only the registries).
 OPEN_PATHS = ("/healthz", "/readyz", "/v1/catalog", "/openapi.json", "/docs")
 
@@ -135,8 +133,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"loc": list(e.get("loc", ())), "msg": _clean_msg(str(e.get("msg", ""))), "type": e.get("type")}
-                  for e in exc.errors()]
+        errors = user_errors(exc.errors())
         problem = invalid_fields(errors)
         return problem_response(422, problem.detail, errors)
 
