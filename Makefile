@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint contract bench-mnist bench-methods bench-throughput bench-load clean
+.PHONY: install browser docs-screenshots run test lint contract bench-mnist bench-methods bench-throughput bench-load clean
 
 # Idempotent: re-installs only when pyproject.toml changed.
 install: $(STAMP)
@@ -14,10 +14,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# Headless Chromium for tests/api/test_docs_ui.py: Debian's package (playwright's own browser downloads
+# are not reachable here). Installed when missing and make runs as root; otherwise that test fails
+# naming the command to run.
+browser:
+	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" -ne 0 ] || \
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
 run: install
 	$(BIN)/distillery up
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest
 
 bench-mnist: install
@@ -34,6 +41,10 @@ bench-throughput: install
 # 500 jobs in a burst while 100 clients poll and stream; see docs/operations.md#load
 bench-load: install
 	$(BIN)/python benchmarks/load.py $(ARGS)
+
+# Refreshes docs/swagger-ui.png from the real page (the same test, with its screenshot kept under docs/)
+docs-screenshots: install browser
+	KD_DOCS_SCREENSHOTS=docs $(BIN)/python -m pytest -q -p no:cacheprovider tests/api/test_docs_ui.py -k swagger_ui
 
 lint: install
 	$(BIN)/ruff check .

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 import anyio.to_thread
 from fastapi import FastAPI
 
-from api import errors
+from api import docs_ui, errors
 from api.body_limit import BodyLimit
 from api.reads import AsyncReads, async_client
 from api.routes import artifacts, catalog, chains, health, jobs
@@ -75,7 +75,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await app.state.aredis.aclose()
         app.state.store.r.close()
 
-    app = FastAPI(title="Distillery", version="1.0.0", description=DESCRIPTION, lifespan=lifespan)
+    # docs_url/redoc_url None: FastAPI's pages load their scripts from a CDN; docs_ui serves them from here
+    app = FastAPI(title="Distillery", version="1.0.0", description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.store = JobStore.from_url(settings.redis)
     app.state.artifacts = ArtifactStore(settings.artifacts)
@@ -83,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.lifecycle = Lifecycle(app.state.store, Sender(app.state.celery))
     app.state.keys = settings.tenants_by_key()
     errors.install(app)
+    docs_ui.install(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(ServerTiming)
     for module in (health, catalog, artifacts, jobs, chains):
