@@ -28,7 +28,7 @@ from api.main import create_app
 from api.routes.jobs import SUBMIT_EXAMPLES
 from api.settings import Settings
 from kdcore.spec import JobSpec
-from tests.api.live_server import serve
+from tests.harness import serve_app as serve
 
 INSTALL_CHROMIUM = "apt-get update && apt-get install -y chromium"
 # What the bundles would fetch from elsewhere, refused by the pages' Content-Security-Policy (so never
