@@ -120,6 +120,8 @@ def _entries(path: Path) -> Iterator[tuple[str, list[str], list[str], Opener]]:
 
 def _layout(what: str, files: list[str], dirs: list[str]) -> _Layout:
     """Classes and members per split from the names alone; every layout error names its members."""
+    # a folder holding only droppings (train/bird/.DS_Store) is still a folder: an empty class
+    dirs = dirs + [str(PurePosixPath(f).parent) for f in files if _ignored(f) and "/" in f]
     files = [f for f in files if not _ignored(f)]
     dirs = [d for d in dirs if not _ignored(d)]
     tops = {PurePosixPath(n).parts[0] for n in files + dirs if PurePosixPath(n).parts}
