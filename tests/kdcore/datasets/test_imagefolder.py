@@ -24,8 +24,8 @@ def png(shape: tuple[int, ...], seed: int = 0, fmt: str = "PNG") -> bytes:
 
 
 def write_zip(path: Path, entries: dict[str, bytes | None]) -> Path:
-    """A zip of these members; None is a directory entry."""
-    with zipfile.ZipFile(path, "w") as zf:
+    """A zip of these members (deflated: read as streams that seek by re-reading); None is a directory entry."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for name, data in entries.items():
             if data is None:
                 zf.mkdir(name.rstrip("/"))
@@ -81,6 +81,15 @@ def test_gray_and_rgb_mixed_become_rgb(tmp_path: Path) -> None:
     path = write_zip(tmp_path / "m.zip", entries)
     assert inspect_imagefolder(path).in_channels == 3
     assert load_dataset("imagefolder", tmp_path, artifact=path).x_train.shape[1] == 3
+
+
+def test_every_accepted_format_reads(tmp_path: Path) -> None:
+    entries = layout(n_train=1)
+    for i, fmt in enumerate(("JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM")):
+        entries[f"train/cat/f{i}.{fmt.lower()}"] = png((10, 12, 3), seed=i, fmt=fmt)
+    path = write_zip(tmp_path / "formats.zip", entries)
+    assert inspect_imagefolder(path).train_size == 8
+    assert load_dataset("imagefolder", tmp_path, artifact=path).x_train.shape == (8, 3, 10, 12)
 
 
 def test_os_droppings_and_files_outside_the_splits_are_ignored(tmp_path: Path) -> None:
