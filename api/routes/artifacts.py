@@ -38,11 +38,13 @@ def _check_head(filename: str, head: bytes) -> None:
 
 
 def _inspect(path: Path, filename: str) -> dict:
-    """Reads the file's header (never builds or runs a model); datasets are checked as data."""
+    """Reads the file's header (never builds or runs a model); datasets are checked as data, without being
+    decoded: .npz from its array headers, image-folder zips from their directory and image headers (plus a
+    few sample decodes), so the API's memory does not grow with the dataset."""
     try:
-        meta = inspect_upload(path, filename)
-        if meta["format"] in DATASET_FORMATS:  # checked as data (shapes, labels, images) by its dataset's
-            # inspector: the dataset kinds that take uploads are named by their format (npz, imagefolder)
+        meta = inspect_upload(path, filename)  # first: zip traversal and bomb rules, from the directory only
+        if meta["format"] in DATASET_FORMATS:  # then its dataset's inspector (shapes, labels, classes, image
+            # headers): the dataset kinds that take uploads are named by their format (npz, imagefolder)
             meta["dataset"] = dataset_info(meta["format"], path).describe()
     except (CheckpointError, DatasetError) as e:
         raise invalid(("body", "file"), str(e)) from e

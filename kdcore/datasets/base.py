@@ -13,14 +13,18 @@ class DatasetInfo:
 
     Models receive float32 NCHW tensors already normalized: x = (pixel / max_value - mean) / std,
     with one mean/std per channel. Teachers exported elsewhere must take exactly this input.
+
+    ``mean`` and ``std`` are None only in the description of an upload inspected without decoding its
+    pixels (an image-folder zip: `kdcore.datasets.imagefolder.inspect_imagefolder`); the loader computes
+    them from the train split, so the DatasetInfo of loaded TensorData always carries them.
     """
 
     name: str
     num_classes: int
     in_channels: int
     image_size: tuple[int, int]  # (H, W)
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    mean: tuple[float, ...] | None  # None: not known until the data is loaded (see above)
+    std: tuple[float, ...] | None
     class_names: tuple[str, ...]
     train_size: int | None = None
     test_size: int | None = None
@@ -39,6 +43,8 @@ class DatasetInfo:
         d["dtype"] = "float32"
         d["layout"] = "NCHW"
         d["normalization"] = f"x = (raw {self.raw_range} - mean) / std, per channel"
+        if self.mean is None or self.std is None:
+            d["normalization"] += " (mean/std of the train split, computed when a job loads the data)"
         d["class_names"] = list(self.class_names)
         return d
 

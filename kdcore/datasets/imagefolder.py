@@ -5,17 +5,35 @@ Layout (inside the zip, optionally under one top-level folder)::
     train/<class name>/<image>      e.g. train/cat/001.png
     test/<class name>/<image>       ("val/" is accepted in place of "test/")
 
-Classes are the train folder names, sorted; test may use a subset of them. Images are decoded with
-Pillow: if every image is grayscale the data has 1 channel, otherwise images are converted to RGB
-(alpha dropped). Images whose size differs from the most common train size are resized to it
-(bilinear). Normalization uses the train split's per-channel mean and std.
+Classes are the train folder names, sorted; test may use a subset of them. Files outside train/, test/
+and val/ (a README, a labels.csv) are ignored, and so are OS droppings (``__MACOSX/``, dot files,
+Thumbs.db, desktop.ini). Anything else under a split folder that is not ``<split>/<class>/<image>`` with an
+accepted extension (IMAGE_SUFFIXES) is refused, naming the files: a skipped file would silently change
+the dataset.
+
+Two passes, never more than one image in memory:
+
+* `inspect_imagefolder` (the API, at upload and submit time) reads the directory and each image's
+  header only (``PIL.Image.open``: mode and size, no pixels), and fully decodes at most SAMPLE_DECODES
+  images spread over the classes to catch corrupt files early. It cannot know mean/std, which need every
+  pixel: its DatasetInfo carries ``mean=None, std=None``.
+* `load_imagefolder` (the worker) runs the same header pass, then decodes the members one at a time into
+  one preallocated uint8 array per split and computes mean/std from the train split.
+
+Channels: 1 if every image is grayscale (GRAY_MODES), otherwise images are converted to RGB (alpha
+dropped). Size: the most common train (W, H); an image of another size is resized to it (bilinear).
+Each image's pixel count, read from its header before any decode, must be at most MAX_IMAGE_PIXELS
+(below Pillow's own decompression-bomb threshold, which also stays in force).
 """
 from __future__ import annotations
 
-import io
 import zipfile
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import IO, Any
 
 import numpy as np
 
@@ -26,115 +44,241 @@ from .errors import DatasetError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
 TEST_DIRS = ("test", "val")
+SPLIT_DIRS = ("train", *TEST_DIRS)
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+# Per image, from its header, before any pixel is decoded: 8192 x 8192. Pillow's own guard
+# (Image.MAX_IMAGE_PIXELS, 89.5 M pixels: a warning, an error past twice that) is left as it is,
+# process-wide; this bound is lower, so an image we accept never trips Pillow's warning.
+MAX_IMAGE_PIXELS = 8192 * 8192
+# Images fully decoded at inspection (the rest only have their header read), spread over the classes.
+SAMPLE_DECODES = 8
+STATS_CHUNK_BYTES = 64 * 2**20  # float64 working set of the train split's mean/std at load
+IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
+_LISTED = 5  # members named in one message
 
 IMAGEFOLDER_FORMAT = (
     "a .zip of train/<class>/<image> and test/<class>/<image> (or val/) image files (png, jpg, ...); "
     "classes are the sorted train folder names"
 )
 
+Opener = Callable[[str], IO[bytes]]
 
-def _list_files(path: Path) -> dict[str, bytes | Path]:
-    """Relative POSIX path -> zip member bytes or file path, for every image file in the upload."""
-    files: dict[str, bytes | Path] = {}
+
+@dataclass
+class _Layout:
+    """The upload's members by split and class (names only), and what their headers said."""
+
+    what: str  # "the zip" or "the folder <path>", for messages
+    prefix: str  # the stripped top-level folder with its "/", or ""
+    classes: list[str]
+    # split -> [(member path as stored, label)], by class then by name: the order of the arrays
+    members: dict[str, list[tuple[str, int]]]
+    sizes: Counter = field(default_factory=Counter)  # (W, H) of train images
+    gray: bool = True
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.sizes.most_common(1)[0][0]
+
+    def info(self, mean: tuple[float, ...] | None, std: tuple[float, ...] | None) -> DatasetInfo:
+        w, h = self.size
+        return DatasetInfo(name="imagefolder", num_classes=len(self.classes), in_channels=1 if self.gray else 3,
+                           image_size=(int(h), int(w)), mean=mean, std=std, class_names=tuple(self.classes),
+                           train_size=len(self.members["train"]), test_size=len(self.members["test"]))
+
+
+def _listed(names: list[str]) -> str:
+    more = f" and {len(names) - _LISTED} more" if len(names) > _LISTED else ""
+    return ", ".join(repr(n) for n in names[:_LISTED]) + more
+
+
+def _ignored(name: str) -> bool:
+    parts = PurePosixPath(name).parts
+    return not parts or "__MACOSX" in parts or parts[-1].startswith(".") or parts[-1].lower() in IGNORED_NAMES
+
+
+@contextmanager
+def _entries(path: Path) -> Iterator[tuple[str, list[str], list[str], Opener]]:
+    """(what, file names, directory names, open one member) for a zip or a directory; names are POSIX
+    paths relative to the upload, read from the zip's central directory only."""
     if path.is_dir():
-        for p in path.rglob("*"):
-            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
-                files[p.relative_to(path).as_posix()] = p
-        return files
+        files = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
+        dirs = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_dir())
+        yield f"the folder {path}", files, dirs, lambda name: open(path / name, "rb")  # noqa: SIM115
+        return
     try:
-        with zipfile.ZipFile(path) as zf:
-            for member in zf.infolist():
-                name = member.filename
-                # zip entries are only read into memory, never extracted, so "../" names cannot escape
-                if member.is_dir() or PurePosixPath(name).suffix.lower() not in IMAGE_SUFFIXES:
-                    continue
-                if name.startswith("__MACOSX/"):
-                    continue
-                files[name] = zf.read(member)
+        zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as e:
         raise DatasetError(f"{path.name} is not a readable .zip of image folders: {e}") from e
-    return files
+    with zf:
+        # members are opened one at a time as streams, never extracted: "../" names cannot escape
+        # (kdcore.checkpoints.inspection refuses them at upload anyway)
+        infos = zf.infolist()
+        files = [i.filename for i in infos if not i.is_dir()]
+        dirs = [i.filename.rstrip("/") for i in infos if i.is_dir()]
+        yield "the zip", files, dirs, zf.open
 
 
-def _split_files(name: str, files: dict[str, bytes | Path]) -> dict[str, dict[str, list[bytes | Path]]]:
-    """{"train"|"test": {class: [image, ...]}} after stripping one optional top-level folder."""
-    parts = {k: PurePosixPath(k).parts for k in files}
-    tops = {p[0] for p in parts.values() if p}
-    strip = 1 if len(tops) == 1 and next(iter(tops)) not in ("train", *TEST_DIRS) else 0
-    splits: dict[str, dict[str, list[bytes | Path]]] = {"train": {}, "test": {}}
-    for key in sorted(files):
-        p = parts[key][strip:]
+def _layout(what: str, files: list[str], dirs: list[str]) -> _Layout:
+    """Classes and members per split from the names alone; every layout error names its members."""
+    # a folder holding only droppings (train/bird/.DS_Store) is still a folder: an empty class
+    dirs = dirs + [str(PurePosixPath(f).parent) for f in files if _ignored(f) and "/" in f]
+    files = [f for f in files if not _ignored(f)]
+    dirs = [d for d in dirs if not _ignored(d)]
+    tops = {PurePosixPath(n).parts[0] for n in files + dirs if PurePosixPath(n).parts}
+    strip = 1 if len(tops) == 1 and next(iter(tops)) not in SPLIT_DIRS else 0
+    prefix = f"{next(iter(tops))}/" if strip else ""
+    by_split: dict[str, dict[str, list[str]]] = {"train": {}, "test": {}}
+    for d in dirs:
+        p = PurePosixPath(d).parts[strip:]
+        if len(p) == 2 and p[0] == "train":
+            by_split["train"].setdefault(p[1], [])  # a class folder, perhaps empty
+    misplaced, wrong_type = [], []
+    for name in sorted(files):
+        p = PurePosixPath(name).parts[strip:]
+        if not p or p[0] not in SPLIT_DIRS:
+            continue  # outside the layout: a README, a labels file
         if len(p) != 3:
-            continue  # not <split>/<class>/<file>
-        split = "train" if p[0] == "train" else "test" if p[0] in TEST_DIRS else None
-        if split is not None:
-            splits[split].setdefault(p[1], []).append(files[key])
-    if not splits["train"] or not splits["test"]:
-        raise DatasetError(f"{name}: expected {IMAGEFOLDER_FORMAT}; found no images under "
-                           + " and ".join(s + "/" for s in ("train", "test") if not splits[s]))
-    return splits
+            misplaced.append(name)
+        elif PurePosixPath(name).suffix.lower() not in IMAGE_SUFFIXES:
+            wrong_type.append(name)
+        else:
+            by_split["train" if p[0] == "train" else "test"].setdefault(p[1], []).append(name)
+    if misplaced:
+        raise DatasetError(f"{what}: {_listed(misplaced)} not in a class folder; expected {IMAGEFOLDER_FORMAT}")
+    if wrong_type:
+        raise DatasetError(f"{what}: {_listed(wrong_type)} not an accepted image type "
+                           f"({', '.join(sorted(s[1:] for s in IMAGE_SUFFIXES))}); remove them from the class folders")
+    if not any(by_split["train"].values()) and not any(by_split["test"].values()):
+        top = ", ".join(sorted(t + "/" for t in tops)) or "nothing"
+        raise DatasetError(f"{what} holds no images; expected {IMAGEFOLDER_FORMAT} (its top level holds: {top})")
+    empty = sorted(f"{prefix}train/{c}/" for c, names in by_split["train"].items() if not names)
+    if empty:
+        raise DatasetError(f"{what}: class folder {_listed(empty)} holds no images")
+    for split in ("train", "test"):
+        if not by_split[split]:
+            raise DatasetError(f"{what}: found no images under {prefix}{split}/; expected {IMAGEFOLDER_FORMAT}")
+    classes = sorted(by_split["train"])
+    unknown = sorted(set(by_split["test"]) - set(classes))
+    if unknown:
+        folders = [n.rsplit("/", 2)[0] + "/" + c + "/" for c in unknown for n in by_split["test"][c][:1]]
+        raise DatasetError(f"{what}: test class folder {_listed(folders)} has no train folder of that name")
+    if len(classes) < 2:
+        raise DatasetError(f"{what}: found one class folder ({prefix}train/{classes[0]}/); classification "
+                           "needs at least two")
+    members = {s: [(n, label) for label, c in enumerate(classes) for n in by_split[s].get(c, [])]
+               for s in ("train", "test")}
+    return _Layout(what, prefix, classes, members)
+
+
+def _pil() -> Any:
+    from PIL import Image
+
+    return Image
+
+
+def _failure(member: str, doing: str, e: Exception) -> DatasetError:
+    return DatasetError(f"image {member!r} {doing}: {type(e).__name__}: {e}")
+
+
+@contextmanager
+def _opened(opener: Opener, member: str) -> Iterator[Any]:
+    """The member as a PIL image with its header read (no pixels yet), its size checked."""
+    image = _pil()
+    with opener(member) as f:
+        try:
+            img = image.open(f)
+        except Exception as e:  # a plugin fed hostile bytes may raise anything: it is the file's fault
+            raise _failure(member, "cannot be read as an image", e) from e
+        with img:
+            w, h = img.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise DatasetError(f"image {member!r} is {w}x{h} pixels; at most {MAX_IMAGE_PIXELS} pixels "
+                                   "per image are accepted")
+            yield img
+
+
+def _decoded(img: Any, member: str) -> None:
+    try:
+        img.load()
+    except Exception as e:  # truncated data, bad checksums, a broken zip member
+        raise _failure(member, "cannot be decoded", e) from e
+
+
+def _read_headers(layout: _Layout, opener: Opener) -> None:
+    """Mode and size of every image from its header, one member at a time; fills sizes and gray."""
+    for split, items in layout.members.items():
+        for member, _ in items:
+            with _opened(opener, member) as img:
+                if split == "train":
+                    layout.sizes[img.size] += 1
+                layout.gray = layout.gray and img.mode in GRAY_MODES
+
+
+def _samples(layout: _Layout, k: int) -> list[str]:
+    """Up to k members spread over the (split, class) folders: the first of each, then the second ..."""
+    groups: dict[tuple[str, int], list[str]] = {}
+    for split, items in layout.members.items():
+        for member, label in items:
+            groups.setdefault((split, label), []).append(member)
+    picked: list[str] = []
+    depth = 0
+    while len(picked) < k and any(len(g) > depth for g in groups.values()):
+        picked += [g[depth] for g in groups.values() if len(g) > depth][: k - len(picked)]
+        depth += 1
+    return picked
+
+
+@contextmanager
+def _scanned(path: Path) -> Iterator[tuple[_Layout, Opener]]:
+    """The layout with every header read, and the opener, while the zip is open."""
+    with _entries(Path(path)) as (what, files, dirs, opener):
+        layout = _layout(what, files, dirs)
+        _read_headers(layout, opener)
+        yield layout, opener
+
+
+def _array(layout: _Layout, opener: Opener, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """One split as uint8 NCHW, decoded one member at a time into a preallocated array."""
+    image = _pil()
+    mode = "L" if layout.gray else "RGB"
+    size = layout.size
+    items = layout.members[split]
+    x = np.empty((len(items), 1 if layout.gray else 3, size[1], size[0]), dtype=np.uint8)
+    for i, (member, _) in enumerate(items):
+        with _opened(opener, member) as img:
+            _decoded(img, member)
+            try:
+                out = img.convert(mode)
+                if out.size != size:
+                    out = out.resize(size, image.Resampling.BILINEAR)
+            except Exception as e:
+                raise _failure(member, "cannot be converted", e) from e
+            a = np.asarray(out, dtype=np.uint8)
+            x[i] = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+    return x, np.array([label for _, label in items], dtype=np.int64)
 
 
 def _load(path: Path) -> tuple[DatasetInfo, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-    from PIL import Image, UnidentifiedImageError
-
-    name = path.name
-    splits = _split_files(name, _list_files(path))
-    classes = sorted(splits["train"])
-    unknown = sorted(set(splits["test"]) - set(classes))
-    if unknown:
-        raise DatasetError(f"{name}: test classes {', '.join(unknown)} have no train folder")
-    if len(classes) < 2:
-        raise DatasetError(
-            f"{name}: found one class folder ({classes[0]}); classification needs at least two"
-        )
-
-    images: dict[str, list[tuple[Image.Image, int]]] = {"train": [], "test": []}
-    for split, by_class in splits.items():
-        for label, cls in enumerate(classes):
-            for src in by_class.get(cls, []):
-                try:
-                    img = Image.open(io.BytesIO(src) if isinstance(src, bytes) else src)
-                    img.load()
-                except (UnidentifiedImageError, OSError) as e:
-                    raise DatasetError(f"{name}: an image in {split}/{cls}/ cannot be decoded: {e}") from e
-                images[split].append((img, label))
-
-    gray = all(img.mode in GRAY_MODES for split in images.values() for img, _ in split)
-    mode = "L" if gray else "RGB"
-    size = Counter(img.size for img, _ in images["train"]).most_common(1)[0][0]  # (W, H)
-
-    def to_array(items: list[tuple[Image.Image, int]]) -> tuple[np.ndarray, np.ndarray]:
-        arrs = []
-        for img, _ in items:
-            img = img.convert(mode)
-            if img.size != size:
-                img = img.resize(size, Image.Resampling.BILINEAR)
-            a = np.asarray(img, dtype=np.uint8)
-            arrs.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
-        return np.stack(arrs), np.array([lbl for _, lbl in items], dtype=np.int64)
-
-    x_train, y_train = to_array(images["train"])
-    x_test, y_test = to_array(images["test"])
-    mean, std = channel_stats(x_train, 255.0)
-    info = DatasetInfo(
-        name="imagefolder",
-        num_classes=len(classes),
-        in_channels=x_train.shape[1],
-        image_size=(int(size[1]), int(size[0])),
-        mean=mean,
-        std=std,
-        class_names=tuple(classes),
-        train_size=len(y_train),
-        test_size=len(y_test),
-    )
-    return info, (x_train, y_train, x_test, y_test)
+    with _scanned(path) as (layout, opener):
+        x_train, y_train = _array(layout, opener, "train")
+        x_test, y_test = _array(layout, opener, "test")
+    # in chunks of ~64 MiB as float64: the default 4096 images of 224x224x3 would be 4.6 GiB, twice
+    mean, std = channel_stats(x_train, 255.0, chunk=max(1, STATS_CHUNK_BYTES // (8 * x_train[0].size)))
+    return layout.info(mean, std), (x_train, y_train, x_test, y_test)
 
 
 def inspect_imagefolder(path: Path) -> DatasetInfo:
-    """Validate an uploaded image-folder zip and describe it; decodes every image (mean/std need them)."""
-    return _load(Path(path))[0]
+    """Check an image-folder zip structurally and describe it, in memory that does not grow with the data.
+
+    Reads the names, every image's header (mode, size) and decodes at most SAMPLE_DECODES images; mean and
+    std are None (computed by the loader, from every train pixel). Raises DatasetError naming the member.
+    """
+    with _scanned(path) as (layout, opener):
+        for member in _samples(layout, SAMPLE_DECODES):
+            with _opened(opener, member) as img:
+                _decoded(img, member)
+    return layout.info(None, None)
 
 
 @register_dataset(
