@@ -34,6 +34,9 @@ def _dataset(spec: JobSpec, tenant: str, store: JobStore, errors: list[dict]) ->
         errors.append({"loc": loc, "msg": f"artifact {art['id']} is a {art['format']} file, not a "
                        f"{spec.dataset.name} dataset"})
         return None
+    described = (art.get("meta") or {}).get("dataset")
+    if described:  # inspected at upload: its facts are recorded, the file is not read again per submit
+        return DatasetInfo.from_description(described)
     try:
         return dataset_info(spec.dataset.name, Path(art["path"]))
     except DatasetError as e:

@@ -65,9 +65,13 @@ def pool_children(pid: int) -> list[int]:
 
 
 def clean_env(extra: Mapping[str, str] | None = None, drop: Sequence[str] = ()) -> dict[str, str]:
-    """This process's environment without API keys (the service runs open on loopback), unbuffered."""
+    """This process's environment without API keys (the service runs open on loopback), unbuffered, with
+    one torch thread per job unless the caller says otherwise."""
     env = {k: v for k, v in os.environ.items() if k not in ("KD_API_KEYS", "KD_API_KEYS_FILE", *drop)}
     env["PYTHONUNBUFFERED"] = "1"
+    # one torch thread per worker: on 2 cores the worker, the API and the test process run at once, and
+    # OpenMP threads of several processes spinning against each other cost more than they bring
+    env.setdefault("KD_TORCH_THREADS", "1")
     env.update(extra or {})
     return env
 

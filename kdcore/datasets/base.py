@@ -48,6 +48,19 @@ class DatasetInfo:
         d["class_names"] = list(self.class_names)
         return d
 
+    @classmethod
+    def from_description(cls, d: dict[str, Any]) -> DatasetInfo:
+        """The inverse of `describe()`: an upload's facts as recorded at inspection, read back without
+        opening the file again."""
+        def tup(v: Any) -> tuple[float, ...] | None:
+            return None if v is None else tuple(v)
+
+        return cls(name=d["name"], num_classes=int(d["num_classes"]), in_channels=int(d["in_channels"]),
+                   image_size=(int(d["image_size"][0]), int(d["image_size"][1])), mean=tup(d.get("mean")),
+                   std=tup(d.get("std")), class_names=tuple(d.get("class_names") or ()),
+                   train_size=d.get("train_size"), test_size=d.get("test_size"),
+                   raw_range=d.get("raw_range", "uint8 / 255"), extra=dict(d.get("extra") or {}))
+
 
 @dataclass
 class TensorData:

@@ -94,3 +94,19 @@ def test_a_broker_that_refuses_is_a_503_and_the_job_fails(redis_client: redis.Re
     assert info.value.status == 503 and "not accepted" in info.value.detail
     (job_id,) = redis_client.zrange("kd:jobs:t", 0, -1)
     assert lc.store.get_job(job_id)["error"]["code"] == "enqueue_failed"
+
+
+def test_an_uploaded_dataset_is_not_read_again_at_submit(lc: Lifecycle, tmp_path: Path) -> None:
+    """The facts recorded when the dataset was uploaded serve every later submit: the file itself may be
+    large, and is not opened (here it is gone, and the submit still knows its classes)."""
+    from kdcore.datasets import dataset_info
+
+    described = {**dataset_info("digits").describe(), "name": "npz", "num_classes": 3}
+    _artifact(lc.store, "art_data", "npz", dataset=described)
+    spec = _spec(dataset={"name": "npz", "artifact": "art_data"}, distillation={"method": "none"})
+    check_submission(spec, "t", lc.store, ArtifactStore(tmp_path))  # path /nonexistent is never read
+    _artifact(lc.store, "art_sd", "safetensors", num_outputs=10)
+    errors = _errors(_spec(dataset={"name": "npz", "artifact": "art_data"},
+                           teacher={"checkpoint": "art_sd", "architecture": "mlp"}), "t", lc.store,
+                     ArtifactStore(tmp_path))
+    assert errors == [(["body", "teacher", "checkpoint"], "teacher outputs 10 classes but dataset npz has 3")]
