@@ -72,15 +72,18 @@ def test_a_healthy_run_is_not_flagged(digits, tmp_path: Path) -> None:
 
 
 def test_a_distilled_student_stuck_at_chance_below_a_good_teacher_is_diverged(digits, tmp_path: Path) -> None:
-    # The measured case on digits: KD at T=20 with SGD lr 0.1 keeps an 800-800 student at chance
-    # from the first epoch, with a flat loss; the teacher (trained here on labels) shows the data is learnable.
+    # The measured case (KD at T=20, SGD lr 0.1, an 800-800 student on digits) sits on the edge of a NaN
+    # loss: whether its student sticks at chance from epoch 1, learns a little and falls back, or overflows
+    # depends on the CPU's float kernels and thread count (all three were seen). Here the student is held at
+    # chance deterministically, by a step too small to move it, so that this rule alone is what fires; the
+    # teacher (trained here on labels) shows the data is learnable.
     from kdcore.checkpoints import load_student
     from kdcore.train import Teacher
 
     run(_spec(0.05, 0.9, [256, 256], epochs=8, training={"epochs": 8, "batch_size": 64, "lr": 0.05}),
         digits, [], tmp_path / "teacher")
     teacher, _ = load_student(tmp_path / "teacher" / "student.safetensors")
-    spec = _spec(0.1, 0.9, [800, 800], epochs=6, teacher={"checkpoint": "art_teacher"},
+    spec = _spec(1e-6, 0.9, [800, 800], epochs=6, teacher={"checkpoint": "art_teacher"},
                  distillation={"method": "kd", "temperature": 20.0, "alpha": 0.9})
     epochs: list[dict[str, Any]] = []
     with pytest.raises(JobError) as e:
@@ -88,6 +91,4 @@ def test_a_distilled_student_stuck_at_chance_below_a_good_teacher_is_diverged(di
             lambda kind, d: epochs.append(d) if kind == "epoch" else None)
     assert e.value.code == "diverged" and "although the teacher scores" in e.value.message
     assert "T^2 = 400" in e.value.message
-    # It fires as soon as three epochs in a row sat at chance. Whether the student's first epoch already does
-    # depends on the CPU's float kernels (it reached 0.34 on a CPU without AVX-512 BF16, then fell to chance).
-    assert 3 <= len(epochs) <= 4 and all(r["test_top1"] < 0.2 for r in epochs[-3:])
+    assert len(epochs) == 3 and all(r["test_top1"] < 0.2 for r in epochs)  # fires after three epochs at chance
