@@ -24,8 +24,9 @@ browser:
 run: install
 	$(BIN)/distillery up
 
+# Two pytest processes on the 2 cores CI has (see pyproject's pytest-xdist note); `pytest -n 0` runs in one.
 test: install browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 bench-mnist: install
 	$(BIN)/python benchmarks/mnist_service.py
