@@ -1,4 +1,5 @@
-"""Test-split evaluation: top-1, top-5 and predictions, batched, without gradients."""
+"""Test-split evaluation: top-1, top-5 and predictions, batched, without gradients, over a split of any
+kind (tensors in memory or a prepared store read chunk by chunk: kdcore.datasets.base.Split)."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -8,21 +9,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdcore.datasets.base import Split
+
 EVAL_BATCH = 1024
 
 
 @torch.inference_mode()
-def predict(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, device: torch.device,
+def predict(model: Callable[[torch.Tensor], torch.Tensor], x: Split, device: torch.device,
             precision: str = "fp32", batch_size: int = EVAL_BATCH) -> torch.Tensor:
-    """Logits for all of x (float32, on device). nn.Modules are put in eval mode and restored after."""
+    """Logits for all of the split x (float32, on device). nn.Modules are put in eval mode and restored after."""
     was_training = isinstance(model, nn.Module) and model.training
     if isinstance(model, nn.Module):
         model.eval()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     outs = []
     try:
-        for i in range(0, x.shape[0], batch_size):
-            xb = x[i:i + batch_size].to(device, non_blocking=True)
+        for xb in x.chunks(batch_size):
+            xb = xb.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 outs.append(model(xb).float())
     finally:
@@ -40,9 +43,9 @@ def topk_accuracy(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float |
     return top1, top5
 
 
-def evaluate(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-             device: torch.device, precision: str = "fp32") -> dict[str, Any]:
-    return score(predict(model, x, device, precision), y)
+def evaluate(model: Callable[[torch.Tensor], torch.Tensor], split: Split, device: torch.device,
+             precision: str = "fp32") -> dict[str, Any]:
+    return score(predict(model, split, device, precision), split.labels)
 
 
 def score(logits: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:

@@ -32,6 +32,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from kdcore.datasets.base import Split
+from kdcore.digests import tensor_digest
 from kdcore.errors import Cancelled
 from kdcore.hardware import autocast
 from kdcore.methods import Distiller, TeacherOutput
@@ -44,18 +46,6 @@ _FEATURE = "feature:"
 # The statuses a job's report names (report["teacher_cache"]).
 BUILT, HIT, MEMORY = "built", "hit", "built (not stored: no cache dir)"
 OFF_AUGMENT, OFF_FEATURES, OFF_DISABLED = "off (augmentation)", "off (features too large)", "off (disabled)"
-
-
-def tensor_digest(x: torch.Tensor) -> str:
-    """sha256 over a tensor's dtype, shape and bytes (about 1 GB/s; MNIST's train split in ~0.2 s)."""
-    t = x.detach()
-    if t.device.type != "cpu":
-        t = t.cpu()
-    t = t.contiguous()
-    h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
-    if t.numel():
-        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
-    return h.hexdigest()
 
 
 def module_digest(module: nn.Module) -> str:
@@ -98,28 +88,27 @@ def infer_batch_size(sample_numel: int, device: torch.device) -> int:
     return int(max(256, min(8192, budget // max(1, sample_numel))))
 
 
-def feature_bytes_per_sample(distiller: Distiller, x: torch.Tensor, device: torch.device, precision: str) -> int:
+def feature_bytes_per_sample(distiller: Distiller, x: Split, device: torch.device, precision: str) -> int:
     """Bytes per sample of the teacher features the method compares (from a forward on two samples)."""
     if not distiller.teacher_layers():
         return 0
     with torch.inference_mode(), autocast(device, precision):
-        out = distiller.teacher_forward(x[:2])
+        out = distiller.teacher_forward(x.head(2))
     return sum(v[0].numel() * v.element_size() for v in out.features.values())
 
 
-def compute_outputs(distiller: Distiller, x: torch.Tensor, device: torch.device, precision: str,
+def compute_outputs(distiller: Distiller, x: Split, device: torch.device, precision: str,
                     batch_size: int | None = None, with_features: bool = True,
                     should_stop: Callable[[], bool] = lambda: False) -> TeacherOutput:
-    """The teachers' outputs for all of x, in large batches, written into preallocated tensors."""
-    n = x.shape[0]
-    bs = batch_size or infer_batch_size(int(x[0].numel()) if n else 1, device)
+    """The teachers' outputs for all of the split x, in large batches, written into preallocated tensors."""
+    n = len(x)
+    bs = batch_size or infer_batch_size(int(x.head(1)[0].numel()) if n else 1, device)
     logits: torch.Tensor | None = None
     feats: dict[str, torch.Tensor] = {}
     with torch.inference_mode(), autocast(device, precision):
-        for i in range(0, n, bs):
+        for i, xb in zip(range(0, n, bs), x.chunks(bs), strict=True):
             if should_stop():
                 raise Cancelled()
-            xb = x[i:i + bs]
             if device.type == "cuda" and xb.ndim == 4:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             if with_features:
@@ -180,20 +169,20 @@ class TeacherCache:
         except OSError:
             Path(tmp).unlink(missing_ok=True)  # a full disk must not fail the job: the outputs are in memory
 
-    def outputs(self, distiller: Distiller, x: torch.Tensor, teacher_ids: list[str], device: torch.device,
+    def outputs(self, distiller: Distiller, x: Split, teacher_ids: list[str], device: torch.device,
                 precision: str, *, with_features: bool = True, transform: str = "none",
                 data_digest: str | None = None,
                 should_stop: Callable[[], bool] = lambda: False) -> CacheResult:
-        """The teachers' outputs over all of x: loaded when an entry exists, else computed (and stored)."""
+        """The teachers' outputs over all of the split x: loaded when an entry exists, else computed (and stored)."""
         t0 = time.perf_counter()
         layers = distiller.teacher_layers() if with_features else []
         if layers:
             per_sample = feature_bytes_per_sample(distiller, x, device, precision)
-            if per_sample * x.shape[0] > self.max_bytes:
+            if per_sample * len(x) > self.max_bytes:
                 return CacheResult(None, OFF_FEATURES, time.perf_counter() - t0)
-        digest = data_digest or tensor_digest(x)
+        digest = data_digest or x.digest()
         key = cache_key(teacher_ids, digest, layers, precision, device.type, transform)
-        out = self.load(key, device, x.shape[0], layers)
+        out = self.load(key, device, len(x), layers)
         if out is not None:
             return CacheResult(out, HIT, time.perf_counter() - t0, key)
         out = compute_outputs(distiller, x, device, precision, with_features=with_features, should_stop=should_stop)
@@ -233,7 +222,7 @@ def _cache_for(cache: TeacherCache | None, teachers: list[Teacher]) -> tuple[Tea
     return cache, [i or "" for i in ids]
 
 
-def train_outputs(distiller: Distiller, teachers: list[Teacher], x_train: torch.Tensor, augment: str,
+def train_outputs(distiller: Distiller, teachers: list[Teacher], x_train: Split, augment: str,
                          device: torch.device, precision: str, cache: TeacherCache | None,
                          should_stop: Callable[[], bool] = lambda: False) -> CacheResult | None:
     """The teachers' outputs over the whole train split when their input is deterministic (no augmentation);
@@ -248,7 +237,7 @@ def train_outputs(distiller: Distiller, teachers: list[Teacher], x_train: torch.
     return cache.outputs(distiller, x_train, ids, device, precision, should_stop=should_stop)
 
 
-def teacher_test_logits(distiller: Distiller, teachers: list[Teacher], x_test: torch.Tensor, device: torch.device,
+def teacher_test_logits(distiller: Distiller, teachers: list[Teacher], x_test: Split, device: torch.device,
                 precision: str, cache: TeacherCache | None) -> torch.Tensor:
     """The teachers' joint logits on the test split (cached like the train split: a sweep evaluates its
     teacher once). Even with the cache off they are computed once per job, in large batches."""

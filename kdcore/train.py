@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from kdcore.checkpoints import save_student
-from kdcore.datasets import DatasetInfo, TensorData, augment_batch
+from kdcore.datasets import DatasetInfo, augment_batch
+from kdcore.datasets.base import Data
 from kdcore.divergence import check_divergence
 from kdcore.errors import Cancelled, Diverged, FeatureError, JobError
 from kdcore.evaluate import evaluate, score
@@ -50,7 +51,7 @@ from kdcore.teacher_cache import DEFAULT_MAX_BYTES, Teacher, TeacherCache, teach
 __all__ = ["CHECKPOINT", "Cancelled", "JobError", "Teacher", "run", "train_phase", "train_step"]
 
 
-def run(spec: JobSpec, data: TensorData, teachers: list[Teacher], workdir: Path,
+def run(spec: JobSpec, data: Data, teachers: list[Teacher], workdir: Path,
         on_event: EventFn = lambda kind, data: None, should_stop: Callable[[], bool] = lambda: False, *,
         device: torch.device | None = None, threads: int | None = None, cache_dir: Path | None = None,
         teacher_cache: bool = True, cache_max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any]:
@@ -74,11 +75,11 @@ def run(spec: JobSpec, data: TensorData, teachers: list[Teacher], workdir: Path,
     for t in teachers:
         t.module.to(device)
     for t in teachers:
-        _probe(t.module, data.x_train[:2], t.label, data.info.num_classes)
+        _probe(t.module, data.train.head(2), t.label, data.info.num_classes)
     state = TrainState.load(ckpt_path, device)
 
     phases = [("distill", spec.distillation.method)] + ([("baseline", "none")] if spec.baseline else [])
-    steps = steps_per_epoch(data.x_train.shape[0], spec.training.batch_size)
+    steps = steps_per_epoch(len(data.train), spec.training.batch_size)
     progress = Progress(on_event, steps * spec.training.epochs * len(phases),
                         state.steps_done(steps * spec.training.epochs, steps, [p for p, _ in phases]))
 
@@ -87,7 +88,7 @@ def run(spec: JobSpec, data: TensorData, teachers: list[Teacher], workdir: Path,
         d = spec.distillation
         judge = Distiller(nn.Identity(), [t.module for t in teachers], d.temperature, d.alpha, d.params,
                           teacher_weights=[t.weight for t in spec.teachers])
-        t_eval = score(teacher_test_logits(judge, teachers, data.x_test, device, precision, cache), data.y_test)
+        t_eval = score(teacher_test_logits(judge, teachers, data.test, device, precision, cache), data.test.labels)
         teacher_preds = t_eval.pop("preds")
         state.done.setdefault("teacher", t_eval)
 
@@ -107,14 +108,14 @@ def run(spec: JobSpec, data: TensorData, teachers: list[Teacher], workdir: Path,
     return report
 
 
-def train_phase(phase: str, method: str, spec: JobSpec, data: TensorData, teachers: list[Teacher],
+def train_phase(phase: str, method: str, spec: JobSpec, data: Data, teachers: list[Teacher],
                 device: torch.device, precision: str, state: TrainState, ckpt_path: Path, progress: Progress,
                 on_event: EventFn, should_stop: Callable[[], bool], cache: TeacherCache | None = None) -> Distiller:
     """Trains one phase's epochs (from its checkpoint when state has one); returns the trained distiller."""
     tr, info = spec.training, data.info
     torch.manual_seed(tr.seed)
     distiller = build_distiller(method, spec, data, teachers, device)
-    n = data.x_train.shape[0]
+    n = len(data.train)
     bs, steps = min(tr.batch_size, n), steps_per_epoch(n, tr.batch_size)
     opt = build_optimizer(tr, distiller.trainable_parameters())
     sched = build_scheduler(tr, opt, steps)
@@ -135,7 +136,7 @@ def train_phase(phase: str, method: str, spec: JobSpec, data: TensorData, teache
     # the teachers' outputs, once for the whole phase when their input is deterministic
     t_cache = time.perf_counter()
     t_precision = resolve_teacher_precision(spec.resources.precision, device, precision)
-    cached = train_outputs(distiller, teachers, data.x_train, spec.dataset.augment, device, t_precision, cache,
+    cached = train_outputs(distiller, teachers, data.train, spec.dataset.augment, device, t_precision, cache,
                            should_stop)
     if cached is not None:
         on_event("log", {"message": f"teacher cache: {cached.status}"
@@ -148,7 +149,7 @@ def train_phase(phase: str, method: str, spec: JobSpec, data: TensorData, teache
     state.compile = compile_student(distiller.student, spec.resources.compile)
     if state.compile.startswith("failed"):
         on_event("log", {"message": f"torch.compile {state.compile}"})
-    augment, channels_last = spec.dataset.augment == "standard", device.type == "cuda" and data.x_train.ndim == 4
+    augment, channels_last = spec.dataset.augment == "standard", device.type == "cuda" and data.train.head(1).ndim == 4
     names: list[str] = []  # the method's loss terms, in the order of the stacked values
 
     for epoch in range(start_epoch, tr.epochs):
@@ -157,12 +158,13 @@ def train_phase(phase: str, method: str, spec: JobSpec, data: TensorData, teache
         gen = torch.Generator(device="cpu").manual_seed(tr.seed * 100003 + epoch)
         order = torch.randperm(n, generator=gen).to(device)
         term_sums: torch.Tensor | None = None  # accumulated on device: no host sync per step
+        batches = data.train.batches(order, bs, steps)  # a split on disk reads ahead while this one trains
         for i in range(steps):
             if should_stop():
                 raise Cancelled()
             idx = order[i * bs:(i + 1) * bs]
             frac_epoch = epoch + i / steps
-            x, y = get_batch(data, idx, gen, device, augment, channels_last)
+            x, y = get_batch(data, next(batches), idx, gen, device, augment, channels_last)
             t_out = teacher_batch(distiller, x, idx, t_out_all, device, teacher_apart)
             try:
                 terms, names = train_step(distiller, opt, sched, scaler, x, y, t_out, frac_epoch, device, precision)
@@ -173,7 +175,6 @@ def train_phase(phase: str, method: str, spec: JobSpec, data: TensorData, teache
                 state.compile = f"failed ({type(e).__name__}: {str(e)[:200]}); eager"
                 on_event("log", {"message": f"torch.compile {state.compile}"})
                 opt.zero_grad(set_to_none=True)
-                x, y = get_batch(data, idx, gen, device, augment, channels_last)
                 t_out = teacher_batch(distiller, x, idx, t_out_all, device, teacher_apart)
                 terms, names = train_step(distiller, opt, sched, scaler, x, y, t_out, frac_epoch, device, precision)
             term_sums = terms.clone() if term_sums is None else term_sums.add_(terms)
@@ -188,7 +189,7 @@ def train_phase(phase: str, method: str, spec: JobSpec, data: TensorData, teache
         train_loss = sum(sums) / steps
         _check_finite(train_loss, epoch)
         t1 = time.perf_counter()
-        ev = evaluate(distiller.student, data.x_test, data.y_test, device, precision)
+        ev = evaluate(distiller.student, data.test, device, precision)
         row = {"epoch": epoch + 1, "train_loss": round(train_loss, 6), "test_top1": ev["top1"],
                "test_loss": ev["loss"], "seconds": round(seconds, 3),
                "eval_seconds": round(time.perf_counter() - t1, 3),
@@ -209,10 +210,11 @@ def train_phase(phase: str, method: str, spec: JobSpec, data: TensorData, teache
     return distiller
 
 
-def get_batch(data: TensorData, idx: torch.Tensor, gen: torch.Generator, device: torch.device, augment: bool,
-              channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The training samples idx, augmented (random crop/flip or shift, from gen on the CPU) when asked."""
-    x, y = data.x_train.index_select(0, idx), data.y_train.index_select(0, idx)
+def get_batch(data: Data, x: torch.Tensor, idx: torch.Tensor, gen: torch.Generator, device: torch.device,
+              augment: bool, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training samples idx (x: their inputs, read by the split), with their labels, augmented (random
+    crop/flip or shift, from gen on the CPU) when asked."""
+    y = data.train.labels.index_select(0, idx)
     if augment:
         x = augment_batch(x, data.info, gen if device.type == "cpu" else None)
     if channels_last:
@@ -256,14 +258,14 @@ def build_model(info: DatasetInfo, device: torch.device, architecture: str, kwar
                         input_size=info.image_size, **kw).to(device)
 
 
-def build_distiller(method: str, spec: JobSpec, data: TensorData, teachers: list[Teacher],
+def build_distiller(method: str, spec: JobSpec, data: Data, teachers: list[Teacher],
                     device: torch.device) -> Distiller:
     """A fresh student inside the method, set up from a dry run on a few training samples (feature layers
     found, regressors sized) before the optimizer sees its parameters."""
     d, s = spec.distillation, spec.student
     models = ModelFactory(s.architecture, s.kwargs, functools.partial(build_model, data.info, device))
     student = models(s.architecture, s.kwargs)
-    if device.type == "cuda" and data.x_train.ndim == 4:
+    if device.type == "cuda" and data.train.head(1).ndim == 4:
         student = student.to(memory_format=torch.channels_last)
     modules = [t.module for t in teachers] if METHODS.get(method).meta["needs_teacher"] else []
     weights = [t.weight for t in spec.teachers] if modules else None
@@ -271,19 +273,19 @@ def build_distiller(method: str, spec: JobSpec, data: TensorData, teachers: list
                                           teacher_weights=weights, schedule=d.schedule, epochs=spec.training.epochs,
                                           models=models)
     try:
-        distiller.setup(data.x_train[:min(64, data.x_train.shape[0])])
+        distiller.setup(data.train.head(64))
     except (FeatureError, ValueError) as e:
         raise JobError("bad_params", f"method {method!r}: {e}") from e
     return distiller.to(device)
 
 
-def _phase_result(phase: str, distiller: Distiller, spec: JobSpec, data: TensorData, state: TrainState,
+def _phase_result(phase: str, distiller: Distiller, spec: JobSpec, data: Data, state: TrainState,
                   workdir: Path, device: torch.device, precision: str,
                   teacher_preds: torch.Tensor | None) -> dict[str, Any]:
     """A finished phase's scores; for the distillation phase also its files (student and any further
     model the method trained, e.g. DML's peer) and the student's agreement with the teacher."""
     student = distiller.student
-    ev = evaluate(student, data.x_test, data.y_test, device, precision)
+    ev = evaluate(student, data.test, device, precision)
     preds = ev.pop("preds")
     result: dict[str, Any] = {"top1": ev["top1"], "top5": ev["top5"], "epochs": state.history, **state.phase_info()}
     if phase != "distill":
@@ -296,7 +298,7 @@ def _phase_result(phase: str, distiller: Distiller, spec: JobSpec, data: TensorD
         result["agreement"] = round(float((preds == teacher_preds).float().mean().item()), 6)
     extras: dict[str, Any] = {}
     for name, m in distiller.extra_students().items():
-        e2 = evaluate(m.module, data.x_test, data.y_test, device, precision)
+        e2 = evaluate(m.module, data.test, device, precision)
         size2 = save_student(m.module, workdir / f"{name}.safetensors", architecture=m.architecture,
                              kwargs=m.kwargs, dataset=data.info, extra={**meta, "test_top1": e2["top1"]})
         extras[name] = {"architecture": m.architecture, "top1": e2["top1"], "top5": e2["top5"],

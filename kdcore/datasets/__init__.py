@@ -13,7 +13,7 @@ from __future__ import annotations
 from kdcore.registry import import_family
 
 from .augment import augment_batch, augment_params
-from .base import DatasetInfo, TensorData
+from .base import Data, DatasetInfo, Split, TensorData, TensorSplit
 from .catalog import DATASETS, dataset_catalog, dataset_info, load_dataset, register_dataset
 from .errors import DatasetError
 from .idx import read_idx, write_idx
@@ -24,6 +24,9 @@ import_family(__name__, __path__)  # every loader module registers itself (mnist
 
 __all__ = [
     "DATASETS",
+    "Data",
+    "Split",
+    "TensorSplit",
     "DatasetError",
     "DatasetInfo",
     "TensorData",

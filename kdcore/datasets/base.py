@@ -1,10 +1,14 @@
 """What every dataset hands to the training loop: tensors plus the facts a model needs about them."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from functools import cached_property
+from typing import Any, Protocol
 
 import torch
+
+from kdcore.digests import tensor_digest
 
 
 @dataclass(frozen=True)
@@ -62,15 +66,106 @@ class DatasetInfo:
                    raw_range=d.get("raw_range", "uint8 / 255"), extra=dict(d.get("extra") or {}))
 
 
+class Split(Protocol):
+    """One split (train or test) as the training loop reads it: normalized float32 NCHW batches on the
+    split's device, whatever holds the data (tensors in memory, or a prepared store on disk read batch by
+    batch: kdcore.datasets.store)."""
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """int64 [N], on the split's device."""
+        ...
+
+    def __len__(self) -> int: ...
+
+    def batch(self, idx: torch.Tensor) -> torch.Tensor:
+        """The samples idx, in that order."""
+        ...
+
+    def head(self, n: int) -> torch.Tensor:
+        """The first n samples (dry runs, probes)."""
+        ...
+
+    def chunks(self, size: int) -> Iterator[torch.Tensor]:
+        """Every sample, in order, `size` at a time (evaluation, the teacher-output cache)."""
+        ...
+
+    def batches(self, order: torch.Tensor, batch_size: int, steps: int) -> Iterator[torch.Tensor]:
+        """The samples of `order`, `batch_size` at a time, for `steps` batches (an epoch); a split that reads
+        from disk reads the next batch while the caller computes on this one."""
+        ...
+
+    def digest(self) -> str:
+        """Identity of the split's content, for cache keys."""
+        ...
+
+
+class Data(Protocol):
+    """What every dataset hands to the training loop: its facts and its two splits."""
+
+    info: DatasetInfo
+
+    @property
+    def train(self) -> Split: ...
+
+    @property
+    def test(self) -> Split: ...
+
+    def to(self, device: torch.device | str) -> Data: ...
+
+
+@dataclass
+class TensorSplit:
+    """A split held as tensors: x float32 NCHW normalized, y int64."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    _digest: list[str] = field(default_factory=list, repr=False, compare=False)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.y
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def batch(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.x.index_select(0, idx)
+
+    def head(self, n: int) -> torch.Tensor:
+        return self.x[:n]
+
+    def chunks(self, size: int) -> Iterator[torch.Tensor]:
+        for i in range(0, len(self), size):
+            yield self.x[i:i + size]
+
+    def batches(self, order: torch.Tensor, batch_size: int, steps: int) -> Iterator[torch.Tensor]:
+        for i in range(steps):
+            yield self.x.index_select(0, order[i * batch_size:(i + 1) * batch_size])
+
+    def digest(self) -> str:
+        if not self._digest:  # hashed once: a sweep's jobs and every epoch reuse it
+            self._digest.append(tensor_digest(self.x))
+        return self._digest[0]
+
+
 @dataclass
 class TensorData:
-    """A whole dataset held as tensors (float32 NCHW, normalized; int64 labels)."""
+    """A whole dataset held as tensors (float32 NCHW, normalized; int64 labels): the small built-ins."""
 
     info: DatasetInfo
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
+
+    @cached_property  # one object per split, so its content digest is computed once
+    def train(self) -> TensorSplit:
+        return TensorSplit(self.x_train, self.y_train)
+
+    @cached_property
+    def test(self) -> TensorSplit:
+        return TensorSplit(self.x_test, self.y_test)
 
     def to(self, device: torch.device | str) -> TensorData:
         return TensorData(self.info, self.x_train.to(device), self.y_train.to(device),

@@ -79,7 +79,7 @@ def test_teacher_then_kd_student_end_to_end(service, teacher_job, dataset_root: 
     model, meta = load_student(path)
     assert meta["architecture"] == "mlp" and meta["kwargs"] == {"hidden": [32]}
     data = load_dataset("digits", dataset_root)
-    ev = evaluate(model, data.x_test, data.y_test, torch.device("cpu"))
+    ev = evaluate(model, data.test, torch.device("cpu"))
     assert ev["top1"] == pytest.approx(rep["student"]["top1"], abs=1.5 / len(data.y_test))
 
 
