@@ -10,8 +10,8 @@ import torch
 from safetensors import safe_open
 
 from kdcore.checkpoints import load_student
-from kdcore.spec import JobSpec
 from kdcore.digests import tensor_digest
+from kdcore.spec import JobSpec
 from kdcore.teacher_cache import BUILT, HIT, OFF_AUGMENT, OFF_DISABLED, OFF_FEATURES, cache_key
 from kdcore.train import Teacher, run
 
