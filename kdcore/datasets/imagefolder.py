@@ -54,6 +54,9 @@ MAX_IMAGE_PIXELS = 8192 * 8192
 SAMPLE_DECODES = 8
 STATS_CHUNK_BYTES = 64 * 2**20  # float64 working set of the train split's mean/std at load
 IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
+# resize policies (see decode_member): the loader's, and a prepared store's at a chosen image size
+RESIZE_STRETCH = "stretch-to-most-common"
+RESIZE_COVER_CROP = "cover-center-crop"
 _LISTED = 5  # members named in one message
 
 IMAGEFOLDER_FORMAT = (
@@ -238,24 +241,48 @@ def _scanned(path: Path) -> Iterator[tuple[_Layout, Opener]]:
         yield layout, opener
 
 
+def decode_member(opener: Opener, member: str, mode: str, size: tuple[int, int], policy: str = RESIZE_STRETCH
+                  ) -> np.ndarray:
+    """One member decoded to uint8 CHW in ``mode`` ("L" or "RGB") at ``size`` (W, H), by the resize policy:
+    RESIZE_STRETCH resizes an image of another size to exactly ``size`` (bilinear, aspect not kept: the
+    loader's policy); RESIZE_COVER_CROP scales it, aspect kept, to the smallest size that covers ``size``
+    (for a square target: its shorter side to the target's side), bilinear, then crops the center."""
+    image = _pil()
+    with _opened(opener, member) as img:
+        _decoded(img, member)
+        try:
+            out = img.convert(mode)
+            if out.size != size and policy == RESIZE_COVER_CROP:
+                (w, h), (tw, th) = out.size, size
+                scale = max(tw / w, th / h)
+                nw, nh = max(tw, round(w * scale)), max(th, round(h * scale))
+                if (nw, nh) != (w, h):
+                    out = out.resize((nw, nh), image.Resampling.BILINEAR)
+                left, top = (nw - tw) // 2, (nh - th) // 2
+                out = out.crop((left, top, left + tw, top + th))
+            elif out.size != size:
+                out = out.resize(size, image.Resampling.BILINEAR)
+        except Exception as e:
+            raise _failure(member, "cannot be converted", e) from e
+        a = np.asarray(out, dtype=np.uint8)
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+
+@contextmanager
+def members_in_order(path: Path) -> Iterator[tuple[dict[str, list[tuple[str, int]]], Opener]]:
+    """{split: [(member, label)] in array order} from the names alone (no header read), and the opener,
+    while the zip is open: what a decoding process needs to fill its range of a prepared store."""
+    with _entries(Path(path)) as (what, files, dirs, opener):
+        yield _layout(what, files, dirs).members, opener
+
+
 def _array(layout: _Layout, opener: Opener, split: str) -> tuple[np.ndarray, np.ndarray]:
     """One split as uint8 NCHW, decoded one member at a time into a preallocated array."""
-    image = _pil()
-    mode = "L" if layout.gray else "RGB"
     size = layout.size
     items = layout.members[split]
     x = np.empty((len(items), 1 if layout.gray else 3, size[1], size[0]), dtype=np.uint8)
     for i, (member, _) in enumerate(items):
-        with _opened(opener, member) as img:
-            _decoded(img, member)
-            try:
-                out = img.convert(mode)
-                if out.size != size:
-                    out = out.resize(size, image.Resampling.BILINEAR)
-            except Exception as e:
-                raise _failure(member, "cannot be converted", e) from e
-            a = np.asarray(out, dtype=np.uint8)
-            x[i] = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+        x[i] = decode_member(opener, member, "L" if layout.gray else "RGB", size)
     return x, np.array([label for _, label in items], dtype=np.int64)
 
 
