@@ -23,6 +23,9 @@ class WorkerSettings(BaseSettings):
     artifact_dir: Path | None = Field(None, description="uploads and job outputs; default <data_dir>/artifacts. "
                                       "Must be shared by the API and every worker")
     allow_download: bool = Field(False, description="let workers download public datasets missing from the root")
+    prepared_dir: Path | None = Field(None, description="uploaded image datasets decoded once into memory-mapped "
+                                      "shards (kdcore.datasets.store), reused by later jobs; default "
+                                      "<data_dir>/prepared; local to each worker host, safe to delete when idle")
     cache_dir: Path | None = Field(None, description="teacher outputs kept for later jobs on the same teacher and "
                                    "data (kdcore.teacher_cache); default <data_dir>/cache; safe to delete any time")
     teacher_cache_max_bytes: int = Field(2 * 1024**3, ge=0, description="largest teacher-feature cache per job "
@@ -50,6 +53,10 @@ class WorkerSettings(BaseSettings):
     @property
     def artifacts(self) -> Path:
         return self.artifact_dir or self.data_dir / "artifacts"
+
+    @property
+    def prepared(self) -> Path:
+        return self.prepared_dir or self.data_dir / "prepared"
 
     @property
     def cache(self) -> Path:

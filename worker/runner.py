@@ -14,13 +14,15 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from kdcore.checkpoints import load_teacher
-from kdcore.datasets import DatasetInfo, load_dataset
+from kdcore.datasets import Data, DatasetInfo, load_dataset
+from kdcore.datasets.store import PreparedData, PreparedStore
 from kdcore.errors import (
     Cancelled,
     CheckpointError,
@@ -110,13 +112,34 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _dataset_artifact(store: JobStore, spec: JobSpec, tenant: str) -> Path | None:
-    if not spec.dataset.artifact:
-        return None
-    art = store.get_artifact(spec.dataset.artifact, tenant)
-    if art is None:
-        raise JobError("dataset_unavailable", f"dataset artifact {spec.dataset.artifact} not found")
-    return Path(art["path"])
+def _load_data(store: JobStore, spec: JobSpec, tenant: str, settings: WorkerSettings,
+               on_event: Callable[[str, dict[str, Any]], None]) -> Data:
+    """The job's dataset. An uploaded image folder is decoded once into the prepared-dataset store (a
+    visible `prepare` phase with progress events, skipped when an earlier job prepared the same upload)
+    and read from disk batch by batch; the small built-ins are loaded whole."""
+    path, sha = None, None
+    if spec.dataset.artifact:
+        art = store.get_artifact(spec.dataset.artifact, tenant)
+        if art is None:
+            raise JobError("dataset_unavailable", f"dataset artifact {spec.dataset.artifact} not found")
+        path, sha = Path(art["path"]), art.get("sha256")
+    last = [0.0]
+
+    def on_progress(done: int, total: int) -> None:
+        if done == 0 or done == total or time.monotonic() - last[0] >= 0.5:  # twice a second at most
+            last[0] = time.monotonic()
+            on_event("progress", {"phase": "prepare", "step": done, "steps": total,
+                                  "fraction": round(done / max(1, total), 4)})
+
+    prepared = PreparedStore(settings.prepared)
+    t0 = time.monotonic()
+    data = load_dataset(spec.dataset.name, settings.datasets, path, download=settings.allow_download,
+                        store=prepared, on_progress=on_progress, source_sha256=sha)
+    if isinstance(data, PreparedData):
+        on_event("log", {"message": f"prepared dataset {data.key[:12]} ({len(data.train)} train, {len(data.test)} "
+                         f"test images at {data.info.image_size[0]}x{data.info.image_size[1]}) ready in "
+                         f"{time.monotonic() - t0:.1f} s"})
+    return data
 
 
 def execute(job_id: str, settings: WorkerSettings | None = None, store: JobStore | None = None,
@@ -187,8 +210,7 @@ def _run(job_id: str, rec: dict[str, Any], lifecycle: Lifecycle, arts: ArtifactS
     try:
         spec = JobSpec.model_validate(rec["spec"])
         device = resolve_device(spec.resources.device, settings.worker_device)
-        data = load_dataset(spec.dataset.name, settings.datasets, _dataset_artifact(store, spec, tenant),
-                            download=settings.allow_download)
+        data = _load_data(store, spec, tenant, settings, on_event)
         teachers = [_teacher(store, arts, t, tenant, data.info, device, f"teacher {i}" if i else "teacher")
                     for i, t in enumerate(spec.teachers)]
         workdir = arts.job_dir(job_id)

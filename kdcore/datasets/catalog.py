@@ -8,14 +8,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from kdcore.registry import Registry
 
-from .base import DatasetInfo, TensorData
+from .base import Data, DatasetInfo, TensorData
 from .errors import DatasetError
 
 Loader = Callable[[Path, Path | None, bool], TensorData]
+ProgressFn = Callable[[int, int], None]
+
+
+class Preparer(Protocol):
+    """A prepared-dataset store (kdcore.datasets.store.PreparedStore): decodes an upload once into
+    memory-mapped shards and hands back data read batch by batch."""
+
+    def prepare(self, source: Path, *, on_progress: ProgressFn | None = None,
+                source_sha256: str | None = None) -> Data: ...
 # For datasets whose facts depend on the uploaded artifact (npz, imagefolder): artifact -> DatasetInfo.
 Inspector = Callable[[Path], DatasetInfo]
 
@@ -32,12 +41,14 @@ def register_dataset(
     info: DatasetInfo | None = None,
     inspect: Inspector | None = None,
     artifact_format: str | None = None,
+    preparable: bool = False,
 ) -> Callable[[Loader], Loader]:
     """Register a loader under ``name``.
 
     Built-ins pass their static ``info``; artifact-backed datasets pass ``inspect`` instead, which
     reads the artifact's facts (``dataset_info`` calls it), and ``artifact_format``, a sentence for
-    the catalog saying what the upload must contain.
+    the catalog saying what the upload must contain. ``preparable`` datasets are decoded once into a
+    prepared store when the caller gives one to `load_dataset` (large uploads are then never held whole).
     """
     if info is None and (inspect is None or not needs_artifact):
         # without static facts, dataset_info can only read them from an artifact
@@ -49,6 +60,7 @@ def register_dataset(
         info=info,
         inspect=inspect,
         artifact_format=artifact_format,
+        preparable=preparable,
     )
 
 
@@ -77,10 +89,18 @@ def dataset_info(name: str, artifact: Path | None = None) -> DatasetInfo:
     return meta["inspect"](path)
 
 
-def load_dataset(name: str, root: Path, artifact: Path | None = None, download: bool = False) -> TensorData:
-    """Load the whole dataset as normalized tensors; ``root`` is the operator's dataset root."""
+def load_dataset(name: str, root: Path, artifact: Path | None = None, download: bool = False, *,
+                 store: Preparer | None = None, on_progress: ProgressFn | None = None,
+                 source_sha256: str | None = None) -> Data:
+    """The dataset as the loop reads it; ``root`` is the operator's dataset root.
+
+    With a prepared-dataset ``store``, a preparable dataset (an uploaded image folder) is decoded once into
+    it (``on_progress(done, total)`` while decoding; ``source_sha256`` names the upload, saving a hash of
+    the file) and read from disk batch by batch; every other dataset is loaded whole as tensors."""
     entry = DATASETS.get(name)
     path = _artifact_path(name, artifact, entry.meta["needs_artifact"])
+    if store is not None and entry.meta.get("preparable") and path is not None:
+        return store.prepare(path, on_progress=on_progress, source_sha256=source_sha256)
     return entry.fn(Path(root), path, download)
 
 

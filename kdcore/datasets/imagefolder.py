@@ -315,6 +315,7 @@ def inspect_imagefolder(path: Path) -> DatasetInfo:
     needs_artifact=True,
     inspect=inspect_imagefolder,
     artifact_format=IMAGEFOLDER_FORMAT,
+    preparable=True,
 )
 def load_imagefolder(root: Path, artifact: Path | None, download: bool) -> TensorData:
     if artifact is None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import queue
@@ -126,6 +127,15 @@ class PreparedSplit:
 
     def batch(self, idx: torch.Tensor) -> torch.Tensor:
         return self.normalized(self.rows(idx))
+
+    def head(self, n: int) -> torch.Tensor:
+        return self.normalized(np.array(self._x[:n]))
+
+    def batches(self, order: torch.Tensor, batch_size: int, steps: int) -> Iterator[torch.Tensor]:
+        """An epoch's `steps` batches of `order`, each read by a background thread while the previous one
+        trains (`prefetched`); the reader stops when the epoch's iterator is dropped."""
+        for _, x in itertools.islice(prefetched(self, order, batch_size), steps):
+            yield x
 
     def chunks(self, size: int) -> Iterator[torch.Tensor]:
         """Consecutive normalized batches of ``size`` rows (the last may be shorter), in order."""

@@ -245,3 +245,15 @@ def test_uploaded_datasets_npz_and_imagefolder(service, tmp_path: Path) -> None:
             job = service.wait(jid)
             assert job["status"] == "succeeded", job["error"]
             assert job["report"]["student"]["top1"] > 0.5
+        # the image folder was streamed: decoded once into the prepared store (a visible phase), read from
+        # disk batch by batch; a second job on the same upload reuses the store without decoding again
+        prepared = [p for p in (service.data_dir / "prepared").iterdir() if not p.name.startswith(".")]
+        assert len(prepared) == 1 and (prepared[0] / "train_x.npy").is_file()
+        events = service.events(jid)
+        steps = [e["data"] for e in events if e["type"] == "progress" and e["data"].get("phase") == "prepare"]
+        assert steps and steps[-1]["step"] == steps[-1]["steps"] == 500, steps
+        assert any("prepared dataset" in e["data"].get("message", "") for e in events if e["type"] == "log")
+        again = service.wait(service.submit(spec(dataset={"name": "imagefolder", "artifact": ids["imagefolder"]},
+                                                 training={"epochs": 1, "batch_size": 32, "lr": 0.05})))
+        assert again["status"] == "succeeded"
+        assert not [e for e in service.events(again["id"]) if e["data"].get("phase") == "prepare"]
