@@ -4,6 +4,7 @@ field), the tenant's job slots, and the write itself through the lifecycle. `POS
 `POST /v1/chains` both submit through here."""
 from __future__ import annotations
 
+import dataclasses
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -23,6 +24,16 @@ Loc = tuple[str | int, ...]
 
 
 def _dataset(spec: JobSpec, tenant: str, store: JobStore, errors: list[dict]) -> DatasetInfo | None:
+    """The dataset's facts as the job will see them: an upload's as recorded at inspection, with the
+    spec's `image_size` and `channels` (applied when the worker prepares it)."""
+    info = _recorded_dataset(spec, tenant, store, errors)
+    if info is None or (spec.dataset.image_size is None and spec.dataset.channels is None):
+        return info
+    size = tuple(spec.dataset.image_size) if spec.dataset.image_size else info.image_size
+    return dataclasses.replace(info, image_size=size, in_channels=spec.dataset.channels or info.in_channels)
+
+
+def _recorded_dataset(spec: JobSpec, tenant: str, store: JobStore, errors: list[dict]) -> DatasetInfo | None:
     if not spec.dataset.artifact:
         return dataset_info(spec.dataset.name)
     loc = ["body", "dataset", "artifact"]

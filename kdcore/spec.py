@@ -77,6 +77,12 @@ class DatasetSpec(BaseModel):
     artifact: str | None = Field(None, description="uploaded .npz artifact id, for `npz`")
     augment: Literal["none", "standard"] = Field(
         "none", description="standard: random crop+flip for CIFAR-like data, small shifts for MNIST-like")
+    image_size: tuple[Annotated[int, Field(ge=8, le=1024)], Annotated[int, Field(ge=8, le=1024)]] | None = Field(
+        None, description="[H, W] the images are prepared at (uploaded image folders): the shorter side scaled "
+        "to cover it, then a center crop; default: the most common size of the train images")
+    channels: Literal[1, 3] | None = Field(
+        None, description="uploaded image folders: 1 (grayscale) or 3 (RGB); default: 1 when every image is "
+        "grayscale, else 3")
 
     @field_validator("name")
     @classmethod
@@ -90,6 +96,10 @@ class DatasetSpec(BaseModel):
             raise ValueError(f"dataset {self.name!r} needs `artifact`: the id of an uploaded file")
         if not needs and self.artifact:
             raise ValueError(f"dataset {self.name!r} is built in; `artifact` is only for uploaded data (npz)")
+        if (self.image_size is not None or self.channels is not None) and not DATASETS.get(self.name).meta.get(
+                "preparable"):
+            raise ValueError(f"`image_size` and `channels` apply to uploaded image folders (imagefolder); dataset "
+                             f"{self.name!r} keeps its own format")
         return self
 
 

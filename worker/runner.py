@@ -133,8 +133,10 @@ def _load_data(store: JobStore, spec: JobSpec, tenant: str, settings: WorkerSett
 
     prepared = PreparedStore(settings.prepared)
     t0 = time.monotonic()
+    size = tuple(spec.dataset.image_size) if spec.dataset.image_size else None
     data = load_dataset(spec.dataset.name, settings.datasets, path, download=settings.allow_download,
-                        store=prepared, on_progress=on_progress, source_sha256=sha)
+                        store=prepared, image_size=size, channels=spec.dataset.channels,  # type: ignore[arg-type]
+                        on_progress=on_progress, source_sha256=sha)
     if isinstance(data, PreparedData):
         on_event("log", {"message": f"prepared dataset {data.key[:12]} ({len(data.train)} train, {len(data.test)} "
                          f"test images at {data.info.image_size[0]}x{data.info.image_size[1]}) ready in "

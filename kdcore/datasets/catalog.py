@@ -23,8 +23,8 @@ class Preparer(Protocol):
     """A prepared-dataset store (kdcore.datasets.store.PreparedStore): decodes an upload once into
     memory-mapped shards and hands back data read batch by batch."""
 
-    def prepare(self, source: Path, *, on_progress: ProgressFn | None = None,
-                source_sha256: str | None = None) -> Data: ...
+    def prepare(self, source: Path, *, image_size: tuple[int, int] | None = None, channels: int | None = None,
+                on_progress: ProgressFn | None = None, source_sha256: str | None = None) -> Data: ...
 # For datasets whose facts depend on the uploaded artifact (npz, imagefolder): artifact -> DatasetInfo.
 Inspector = Callable[[Path], DatasetInfo]
 
@@ -90,17 +90,23 @@ def dataset_info(name: str, artifact: Path | None = None) -> DatasetInfo:
 
 
 def load_dataset(name: str, root: Path, artifact: Path | None = None, download: bool = False, *,
-                 store: Preparer | None = None, on_progress: ProgressFn | None = None,
+                 store: Preparer | None = None, image_size: tuple[int, int] | None = None,
+                 channels: int | None = None, on_progress: ProgressFn | None = None,
                  source_sha256: str | None = None) -> Data:
     """The dataset as the loop reads it; ``root`` is the operator's dataset root.
 
     With a prepared-dataset ``store``, a preparable dataset (an uploaded image folder) is decoded once into
     it (``on_progress(done, total)`` while decoding; ``source_sha256`` names the upload, saving a hash of
-    the file) and read from disk batch by batch; every other dataset is loaded whole as tensors."""
+    the file) and read from disk batch by batch, at ``image_size`` (H, W) and ``channels`` when given;
+    every other dataset is loaded whole as tensors."""
     entry = DATASETS.get(name)
     path = _artifact_path(name, artifact, entry.meta["needs_artifact"])
     if store is not None and entry.meta.get("preparable") and path is not None:
-        return store.prepare(path, on_progress=on_progress, source_sha256=source_sha256)
+        return store.prepare(path, image_size=image_size, channels=channels, on_progress=on_progress,
+                             source_sha256=source_sha256)
+    if image_size is not None or channels is not None:
+        raise DatasetError(f"dataset {name!r}: image_size and channels are applied when an uploaded image folder "
+                           "is prepared (a prepared-dataset store is needed)")
     return entry.fn(Path(root), path, download)
 
 
@@ -117,10 +123,21 @@ def _params_schema(meta: dict[str, Any]) -> dict[str, Any]:
     }
     if not meta["needs_artifact"]:
         artifact["default"] = None
+    prepared: dict[str, Any] = {}
+    if meta.get("preparable"):
+        prepared = {
+            "image_size": {"type": "array", "items": {"type": "integer", "minimum": 8, "maximum": 1024},
+                           "minItems": 2, "maxItems": 2, "default": None,
+                           "description": "[H, W] the images are prepared at: the shorter side scaled to cover it, "
+                           "then a center crop; default: the most common train size (others resized to it)"},
+            "channels": {"type": "integer", "enum": [1, 3], "default": None,
+                         "description": "1 (grayscale) or 3 (RGB); default: 1 when every image is grayscale"},
+        }
     return {
         "type": "object",
         "properties": {
             "artifact": artifact,
+            **prepared,
             "augment": {
                 "type": "string",
                 "enum": list(AUGMENT_CHOICES),

@@ -257,3 +257,12 @@ def test_uploaded_datasets_npz_and_imagefolder(service, tmp_path: Path) -> None:
                                                  training={"epochs": 1, "batch_size": 32, "lr": 0.05})))
         assert again["status"] == "succeeded"
         assert not [e for e in service.events(again["id"]) if e["data"].get("phase") == "prepare"]
+        # another resolution and RGB: a second prepared store, and the student is built for that input
+        resized = service.wait(service.submit(spec(
+            dataset={"name": "imagefolder", "artifact": ids["imagefolder"], "image_size": [12, 16], "channels": 3},
+            training={"epochs": 1, "batch_size": 32, "lr": 0.05})))
+        assert resized["status"] == "succeeded", resized["error"]
+        assert len([p for p in (service.data_dir / "prepared").iterdir() if not p.name.startswith(".")]) == 2
+        assert any("at 12x16" in e["data"].get("message", "") for e in service.events(resized["id"]))
+        bad = http.post("/v1/jobs", json=spec(dataset={"name": "digits", "image_size": [32, 32]}))
+        assert bad.status_code == 422 and bad.json()["errors"][0]["loc"] == ["body", "dataset"], bad.json()
