@@ -259,11 +259,18 @@ def stop_service(up: subprocess.Popen, log: Any) -> None:
     log.close()
 
 
-def wait_job(http: httpx.Client, job_id: str, label: str, timeout: float) -> dict[str, Any]:
+def wait_job(http: httpx.Client, job_id: str, label: str, timeout: float,
+             sampler: Sampler | None = None) -> dict[str, Any]:
+    """Polls the job to its end. The sampler's phase follows the job: `<label>` before its first progress
+    (loading, scoring the teacher, building the teacher cache), `<label>:prepare`, `<label>:distill` (the
+    training steps), `<label>:after-steps` (the last step done: evaluation, saving)."""
     t0, last = time.time(), -1.0
     while True:
         job = http.get(f"/v1/jobs/{job_id}").json()
         p = job.get("progress") or {}
+        if sampler is not None and p.get("phase"):
+            done = p["phase"] != "prepare" and (p.get("fraction") or 0) >= 0.999
+            sampler.phase(f"{label}:{'after-steps' if done else p['phase']}")
         if p.get("fraction") is not None and abs(p["fraction"] - last) >= 0.1:
             last = p["fraction"]
             print(f"  {label}: {job['status']} {p.get('phase')} {100 * p['fraction']:.0f}%", flush=True)
@@ -272,7 +279,7 @@ def wait_job(http: httpx.Client, job_id: str, label: str, timeout: float) -> dic
         if time.time() - t0 > timeout:
             http.post(f"/v1/jobs/{job_id}/cancel")
             return {**job, "status": "timeout"}
-        time.sleep(0.5)
+        time.sleep(0.25)
 
 
 def all_events(http: httpx.Client, job_id: str) -> list[dict[str, Any]]:
@@ -530,13 +537,14 @@ def main() -> int:
                 r = http.post("/v1/jobs", json=spec)
                 if r.status_code != 202:
                     raise SystemExit(f"{label} refused: {r.status_code} {r.text[:1000]}")
-                job = wait_job(http, r.json()["id"], label, args.job_timeout)
+                job = wait_job(http, r.json()["id"], label, args.job_timeout, sampler)
                 wall = time.perf_counter() - t0
                 sampler.sample()
                 numbers = job_numbers(job, all_events(http, job["id"]), n_train, wall)
                 numbers["spec"] = {"student": spec["student"], "method": spec["distillation"]["method"],
                                    "training": recipe}
-                numbers["worker_peak_rss_anon_mib"] = _mib(sampler.peak("worker", [label]))
+                mine = [ph for ph in list(sampler.peaks) if ph.split(":")[0] == label]
+                numbers["worker_peak_rss_anon_mib"] = _mib(sampler.peak("worker", mine))
                 jobs[label] = numbers
                 print(f"{label}: {json.dumps({k: v for k, v in numbers.items() if k != 'epochs'})}", flush=True)
                 if job["status"] != "succeeded":
