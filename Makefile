@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser docs-screenshots run test lint contract bench-mnist bench-methods bench-throughput bench-load clean
+.PHONY: install browser docs-screenshots run test lint contract bench-mnist bench-methods bench-throughput bench-load bench-data-scale clean
 
 # Idempotent: re-installs only when pyproject.toml changed.
 install: $(STAMP)
@@ -42,6 +42,11 @@ bench-throughput: install
 # 500 jobs in a burst while 100 clients poll and stream; see docs/operations.md#load
 bench-load: install
 	$(BIN)/python benchmarks/load.py $(ARGS)
+
+# Image-folder uploads at scale: upload, prepare once, train from the store, input pipelines side by side;
+# see docs/benchmarks.md#data-at-scale (ARGS="--images 50000" for the issue's full scale)
+bench-data-scale: install
+	$(BIN)/python benchmarks/data_scale.py $(ARGS)
 
 # Refreshes docs/swagger-ui.png from the real page (the same test, with its screenshot kept under docs/)
 docs-screenshots: install browser
