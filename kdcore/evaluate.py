@@ -10,19 +10,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdcore.datasets.base import Split
+from kdcore.hardware import infer_batch_size
 
-EVAL_BATCH = 1024
+EVAL_BATCH = 1024  # at most; large images get fewer per batch (kdcore.hardware.infer_batch_size)
 
 
 @torch.inference_mode()
 def predict(model: Callable[[torch.Tensor], torch.Tensor], x: Split, device: torch.device,
-            precision: str = "fp32", batch_size: int = EVAL_BATCH) -> torch.Tensor:
+            precision: str = "fp32", batch_size: int | None = None) -> torch.Tensor:
     """Logits for all of the split x (float32, on device). nn.Modules are put in eval mode and restored after."""
     was_training = isinstance(model, nn.Module) and model.training
     if isinstance(model, nn.Module):
         model.eval()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     outs = []
+    if batch_size is None:
+        batch_size = min(EVAL_BATCH, infer_batch_size(int(x.head(1)[0].numel()) if len(x) else 1, device))
     try:
         for xb in x.chunks(batch_size):
             xb = xb.to(device, non_blocking=True)

@@ -63,6 +63,15 @@ def resolve_teacher_precision(requested: str, device: torch.device, precision: s
     return precision
 
 
+def infer_batch_size(sample_numel: int, device: torch.device) -> int:
+    """Inference batches sized by bytes, not samples (no activations are kept for backward): ~32 MB of input
+    per batch on the CPU, ~128 MB on a GPU, between 16 and 8192 samples. Small images get large batches;
+    224-px images get about 50 on the CPU, whose activations stay a few hundred MB (a floor of 256 samples
+    held 2.3 GB of a small convnet's activations at 224 px: docs/benchmarks.md, data at scale)."""
+    budget = (128 if device.type == "cuda" else 32) * 1024**2 // 4
+    return int(max(16, min(8192, budget // max(1, sample_numel))))
+
+
 def autocast(device: torch.device, precision: str) -> AbstractContextManager[Any]:
     """torch.autocast for bf16/fp16; for fp32 no autocast object at all (entering a disabled one still
     costs per step)."""

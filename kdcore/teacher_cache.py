@@ -35,7 +35,7 @@ from torch import nn
 from kdcore.datasets.base import Split
 from kdcore.digests import tensor_digest
 from kdcore.errors import Cancelled
-from kdcore.hardware import autocast
+from kdcore.hardware import autocast, infer_batch_size
 from kdcore.methods import Distiller, TeacherOutput
 
 FORMAT = "kdcore-teacher-cache/1"
@@ -79,13 +79,6 @@ class CacheResult:
     status: str
     seconds: float = 0.0
     key: str | None = None
-
-
-def infer_batch_size(sample_numel: int, device: torch.device) -> int:
-    """Large inference batches (no activations kept for backward): ~32 MB of input per batch on the CPU,
-    ~128 MB on a GPU, between 256 and 8192 samples."""
-    budget = (128 if device.type == "cuda" else 32) * 1024**2 // 4
-    return int(max(256, min(8192, budget // max(1, sample_numel))))
 
 
 def feature_bytes_per_sample(distiller: Distiller, x: Split, device: torch.device, precision: str) -> int:
