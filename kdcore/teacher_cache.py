@@ -46,6 +46,7 @@ _FEATURE = "feature:"
 # The statuses a job's report names (report["teacher_cache"]).
 BUILT, HIT, MEMORY = "built", "hit", "built (not stored: no cache dir)"
 OFF_AUGMENT, OFF_FEATURES, OFF_DISABLED = "off (augmentation)", "off (features too large)", "off (disabled)"
+OFF_LOGITS = "off (logits too large)"
 
 
 def module_digest(module: nn.Module) -> str:
@@ -88,6 +89,13 @@ def feature_bytes_per_sample(distiller: Distiller, x: Split, device: torch.devic
     with torch.inference_mode(), autocast(device, precision):
         out = distiller.teacher_forward(x.head(2))
     return sum(v[0].numel() * v.element_size() for v in out.features.values())
+
+
+def logit_bytes_per_sample(distiller: Distiller, x: Split, device: torch.device, precision: str) -> int:
+    """Bytes per sample of every teacher's logits as the cache holds them (float32), from two samples."""
+    with torch.inference_mode(), autocast(device, precision):
+        z = distiller.teacher_forward_logits(x.head(2))
+    return int(z.shape[0] * z[0, 0].numel() * 4)
 
 
 def compute_outputs(distiller: Distiller, x: Split, device: torch.device, precision: str,
@@ -169,9 +177,12 @@ class TeacherCache:
         """The teachers' outputs over all of the split x: loaded when an entry exists, else computed (and stored)."""
         t0 = time.perf_counter()
         layers = distiller.teacher_layers() if with_features else []
-        if layers:
-            per_sample = feature_bytes_per_sample(distiller, x, device, precision)
-            if per_sample * len(x) > self.max_bytes:
+        if with_features:  # the train split, held for the whole phase: within the byte budget, or not at all
+            logit_bytes = logit_bytes_per_sample(distiller, x, device, precision) * len(x)
+            if logit_bytes > self.max_bytes:
+                return CacheResult(None, OFF_LOGITS, time.perf_counter() - t0)
+            if layers and logit_bytes + feature_bytes_per_sample(distiller, x, device, precision) * len(x) \
+                    > self.max_bytes:
                 return CacheResult(None, OFF_FEATURES, time.perf_counter() - t0)
         digest = data_digest or x.digest()
         key = cache_key(teacher_ids, digest, layers, precision, device.type, transform)

@@ -28,8 +28,9 @@ class WorkerSettings(BaseSettings):
                                       "<data_dir>/prepared; local to each worker host, safe to delete when idle")
     cache_dir: Path | None = Field(None, description="teacher outputs kept for later jobs on the same teacher and "
                                    "data (kdcore.teacher_cache); default <data_dir>/cache; safe to delete any time")
-    teacher_cache_max_bytes: int = Field(2 * 1024**3, ge=0, description="largest teacher-feature cache per job "
-                                         "(bytes); above it the teacher runs at every step")
+    teacher_cache_max_bytes: int = Field(2 * 1024**3, ge=0, description="largest teacher-output cache per job "
+                                         "(logits and features of the train split, bytes); above it the teacher "
+                                         "runs at every step and the report says which limit it hit")
     lease_ttl_s: int = Field(60, ge=5, description="a job's lease lapses this long after its worker died")
     visibility_timeout_s: int = Field(7 * 24 * 3600, ge=60, description="broker re-delivery of unacked messages; "
                                       "longer than the longest job")

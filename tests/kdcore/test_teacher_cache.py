@@ -12,7 +12,7 @@ from safetensors import safe_open
 from kdcore.checkpoints import load_student
 from kdcore.digests import tensor_digest
 from kdcore.spec import JobSpec
-from kdcore.teacher_cache import BUILT, HIT, OFF_AUGMENT, OFF_DISABLED, OFF_FEATURES, cache_key
+from kdcore.teacher_cache import BUILT, HIT, OFF_AUGMENT, OFF_DISABLED, OFF_FEATURES, OFF_LOGITS, cache_key
 from kdcore.train import Teacher, run
 
 
@@ -95,9 +95,15 @@ def test_feature_methods_cache_features_within_the_budget(digits, teacher_file: 
         with safe_open(str(path), "pt") as f:
             keys |= set(f.keys())
     assert "feature:body" in keys  # the teacher's last hidden block, paired automatically
+    # the budget holds the train split's logits (1437 x 10 float32 = 57,480 bytes) but not the features too
     small = run(spec, digits, [_teacher(teacher_file)], tmp_path / "b", cache_dir=tmp_path / "cache2",
-                cache_max_bytes=1000)
+                cache_max_bytes=60_000)
     assert small["teacher_cache"] == OFF_FEATURES and small["student"]["top1"] > 0.5
+    # a budget below the logits themselves: the teacher runs at every step, and the report says why
+    tiny = run(_spec(), digits, [_teacher(teacher_file)], tmp_path / "c", cache_dir=tmp_path / "cache3",
+               cache_max_bytes=50_000)
+    assert tiny["teacher_cache"] == OFF_LOGITS and tiny["student"]["top1"] > 0.5
+    assert len(_entries(tmp_path / "cache3")) == 1  # only the test split's logits, which scoring needs anyway
 
 
 def test_the_key_names_teacher_data_layers_and_precision(digits) -> None:
