@@ -82,20 +82,14 @@ class CacheResult:
     key: str | None = None
 
 
-def feature_bytes_per_sample(distiller: Distiller, x: Split, device: torch.device, precision: str) -> int:
-    """Bytes per sample of the teacher features the method compares (from a forward on two samples)."""
-    if not distiller.teacher_layers():
-        return 0
+def output_bytes_per_sample(distiller: Distiller, x: Split, device: torch.device,
+                            precision: str) -> tuple[int, int]:
+    """(logit bytes, feature bytes) per sample as the cache holds them: every teacher's logits in float32,
+    and the features the method compares; from one teacher forward on two samples."""
     with torch.inference_mode(), autocast(device, precision):
         out = distiller.teacher_forward(x.head(2))
-    return sum(v[0].numel() * v.element_size() for v in out.features.values())
-
-
-def logit_bytes_per_sample(distiller: Distiller, x: Split, device: torch.device, precision: str) -> int:
-    """Bytes per sample of every teacher's logits as the cache holds them (float32), from two samples."""
-    with torch.inference_mode(), autocast(device, precision):
-        z = distiller.teacher_forward_logits(x.head(2))
-    return int(z.shape[0] * z[0, 0].numel() * 4)
+    features = sum(v[0].numel() * v.element_size() for v in out.features.values())
+    return int(out.logits.shape[0] * out.logits[0, 0].numel() * 4), features
 
 
 def compute_outputs(distiller: Distiller, x: Split, device: torch.device, precision: str,
@@ -178,11 +172,10 @@ class TeacherCache:
         t0 = time.perf_counter()
         layers = distiller.teacher_layers() if with_features else []
         if with_features:  # the train split, held for the whole phase: within the byte budget, or not at all
-            logit_bytes = logit_bytes_per_sample(distiller, x, device, precision) * len(x)
+            logit_bytes, feature_bytes = (n * len(x) for n in output_bytes_per_sample(distiller, x, device, precision))
             if logit_bytes > self.max_bytes:
                 return CacheResult(None, OFF_LOGITS, time.perf_counter() - t0)
-            if layers and logit_bytes + feature_bytes_per_sample(distiller, x, device, precision) * len(x) \
-                    > self.max_bytes:
+            if logit_bytes + feature_bytes > self.max_bytes:
                 return CacheResult(None, OFF_FEATURES, time.perf_counter() - t0)
         digest = data_digest or x.digest()
         key = cache_key(teacher_ids, digest, layers, precision, device.type, transform)
