@@ -8,7 +8,6 @@ returns at once; one after the lease lapsed (its worker died) resumes from the l
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 import socket
@@ -23,6 +22,7 @@ import torch
 from kdcore.checkpoints import load_teacher
 from kdcore.datasets import Data, DatasetInfo, load_dataset
 from kdcore.datasets.store import PreparedData, PreparedStore
+from kdcore.digests import file_sha256
 from kdcore.errors import (
     Cancelled,
     CheckpointError,
@@ -86,7 +86,7 @@ def _teacher(store: JobStore, arts: ArtifactStore, t: TeacherSpec, tenant: str, 
                               in_channels=info.in_channels, input_size=info.image_size, device=device)
         size = path.stat().st_size
         params = (rec.get("report") or {}).get("student", {}).get("params")
-        checksum = _file_sha256(path)
+        checksum = file_sha256(path)
     else:
         art = store.get_artifact(t.checkpoint or "", tenant)
         if art is None:
@@ -97,19 +97,10 @@ def _teacher(store: JobStore, arts: ArtifactStore, t: TeacherSpec, tenant: str, 
                               input_size=info.image_size, device=device)
         size = int(art["size"])
         params = (art.get("meta") or {}).get("params")
-        checksum = art.get("sha256") or _file_sha256(path)
+        checksum = art.get("sha256") or file_sha256(path)
     if params is None:
         params = sum(p.numel() for p in module.parameters()) or None
     return Teacher(module=module, params=params, size_bytes=size, label=label, checksum=checksum)
-
-
-def _file_sha256(path: Path) -> str:
-    """Names a teacher in the teacher-output cache key (the upload's own sha256 when the record has it)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _load_data(store: JobStore, spec: JobSpec, tenant: str, settings: WorkerSettings,

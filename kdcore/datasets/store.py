@@ -47,6 +47,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from kdcore.digests import file_sha256
+
 from ._common import channel_stats
 from .base import DatasetInfo
 from .imagefolder import RESIZE_COVER_CROP, RESIZE_STRETCH, _scanned
@@ -56,20 +58,6 @@ FORMAT = 1
 STALE_S = 3600.0  # a .tmp-* folder untouched this long belongs to a preparation that died
 STATS_CHUNK_BYTES = 16 * 2**20  # float64 working set of the train split's mean/std
 PREFETCH_DEPTH = 2
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, or of a folder's files (relative names and contents, sorted)."""
-    path = Path(path)
-    h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        if path.is_dir():
-            h.update(f.relative_to(path).as_posix().encode() + b"\0")
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):  # noqa: B023
-                h.update(block)
-    return h.hexdigest()
 
 
 def resize_policy(image_size: tuple[int, int] | None) -> str:
