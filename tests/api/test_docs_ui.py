@@ -171,6 +171,8 @@ def test_swagger_ui_offline_all_operations_and_try_it_out(base_url: str, page: P
     op = pg.locator("#operations-jobs-submit_v1_jobs_post")
     op.locator(".opblock-summary").click()
     examples = op.locator(".opblock-section-request-body .examples-select select")
+    # the click expands the operation asynchronously; all_inner_texts() does not wait, so wait for the menu
+    examples.locator("option").last.wait_for(state="attached", timeout=15_000)
     assert examples.locator("option").all_inner_texts() == [e["summary"] for e in SUBMIT_EXAMPLES.values()]
     assert examples.input_value() == "teacher"
     op.locator("button.try-out__btn").click()
