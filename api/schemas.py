@@ -43,6 +43,9 @@ class JobPublic(BaseModel):
     report: dict[str, Any] | None = Field(None, description="when succeeded: the final report")
     waiting_for: list[str] = Field(default_factory=list, description="while queued: teacher jobs it waits for "
                                    "(it is enqueued when they have succeeded, and fails if one fails)")
+    notify: dict[str, Any] | None = Field(None, description="the job's webhook: its url (the secret is never shown)")
+    notifications: list[dict[str, Any]] = Field(default_factory=list, description="webhook delivery attempts: "
+                                                "event, url, attempt, at, outcome, status_code or error")
     links: dict[str, str] = Field(default_factory=dict)
 
     @classmethod
@@ -57,7 +60,8 @@ class JobPublic(BaseModel):
                    started_at=rec.get("started_at"), finished_at=rec.get("finished_at"), queue=rec["queue"],
                    attempts=rec.get("attempts", 0), spec=rec["spec"], progress=Progress(**(rec.get("progress") or {})),
                    metrics=rec.get("metrics") or {}, error=rec.get("error"), report=rec.get("report"),
-                   waiting_for=rec.get("waiting_for") or [] if rec["status"] == Status.QUEUED else [], links=links)
+                   waiting_for=rec.get("waiting_for") or [] if rec["status"] == Status.QUEUED else [],
+                   notify=rec.get("notify"), notifications=rec.get("notifications") or [], links=links)
 
 
 class JobList(BaseModel):

@@ -8,6 +8,7 @@ dataset's class count) live in `semantic_errors`, which returns (loc, msg) pairs
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
@@ -164,6 +165,28 @@ class ResourcesSpec(BaseModel):
                           "falls back to eager with a log event. Pays off on long GPU jobs")
 
 
+class NotifySpec(BaseModel):
+    """A webhook called once when the job ends (succeeded, failed or cancelled); see docs/operations.md."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"url": "https://ci.example.com/hooks/distillery", "secret": "a-long-random-shared-secret"}]})
+
+    url: str = Field(max_length=2000, description="http(s) URL the job record is POSTed to; its host must be on "
+                     "the operator's webhook allow-list (docs/operations.md) or the delivery is refused")
+    secret: str = Field(min_length=16, max_length=256, description="key of the HMAC-SHA256 signature in the "
+                        "X-Distillery-Signature header; never shown again in job records")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        u = urlsplit(v)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if u.username or u.password:
+            raise ValueError("must not carry credentials; the secret signs each delivery instead")
+        return v
+
+
 Teachers = Annotated[TeacherSpec | list[TeacherSpec], Field(description="absent for method none")]
 
 
@@ -188,6 +211,7 @@ class JobSpec(BaseModel):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     baseline: bool = Field(False, description="also train the student without the teacher under the same "
                            "recipe and report the KD gain")
+    notify: NotifySpec | None = Field(None, description="a webhook called when the job ends")
 
     @property
     def teachers(self) -> list[TeacherSpec]:
