@@ -205,6 +205,13 @@ class JobStore:
             out.setdefault(status, {})[what] = float(v)
         return out
 
+    def outbox_size(self) -> int:
+        return int(self.r.zcard(keys.OUTBOX))
+
+    def worker_last_seen(self) -> dict[str, float]:
+        """Worker name -> unix time of its last heartbeat."""
+        return {name: float(ts) for name, ts in self.r.hgetall(keys.WORKERS_SEEN).items()}
+
     def broker_depth(self, queue: str) -> int:
         return int(self.r.llen(keys.broker_queue(queue)))
 
