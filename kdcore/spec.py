@@ -165,6 +165,28 @@ class ResourcesSpec(BaseModel):
                           "falls back to eager with a log event. Pays off on long GPU jobs")
 
 
+class ExportSpec(BaseModel):
+    """Deployable files made after training (kdcore.export_phase; docs/spec.md)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"formats": ["onnx", "pt2"], "int8": False, "latency": True}]})
+
+    formats: list[Literal["onnx", "pt2"]] = Field(default_factory=lambda: ["onnx", "pt2"], max_length=2,
+                                                  description="student.onnx (onnxruntime) and/or student.pt2 "
+                                                  "(torch.export), each checked against the trained student")
+    int8: bool = Field(False, description="also student.int8.onnx (onnxruntime dynamic quantization), with its "
+                       "test accuracy in the report; needs `onnx` in formats")
+    latency: bool = Field(True, description="time teacher and student at batch 1 and 64 on the job's device "
+                          "(median of repeated runs) and report the speed-up")
+
+    @model_validator(mode="after")
+    def _int8_needs_onnx(self) -> ExportSpec:
+        self.formats = list(dict.fromkeys(self.formats))
+        if self.int8 and "onnx" not in self.formats:
+            raise ValueError('`int8` quantizes the ONNX model: add "onnx" to `formats`')
+        return self
+
+
 class NotifySpec(BaseModel):
     """A webhook called once when the job ends (succeeded, failed or cancelled); see docs/operations.md."""
 
@@ -211,6 +233,8 @@ class JobSpec(BaseModel):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     baseline: bool = Field(False, description="also train the student without the teacher under the same "
                            "recipe and report the KD gain")
+    export: ExportSpec | None = Field(None, description="deployable students (ONNX, .pt2, int8) and a latency "
+                                      "comparison, made after training; off when absent")
     notify: NotifySpec | None = Field(None, description="a webhook called when the job ends")
 
     @property
