@@ -56,6 +56,9 @@ class JobPublic(BaseModel):
             links.update(report=f"/v1/jobs/{jid}/report",
                          student=f"/v1/jobs/{jid}/artifacts/student.safetensors",
                          curves=f"/v1/jobs/{jid}/artifacts/curves.png")
+            for made in ((rec.get("report") or {}).get("export") or {}).values():  # deployable students, if asked
+                if isinstance(made, dict) and made.get("file"):
+                    links[made["file"].replace(".", "_")] = f"/v1/jobs/{jid}/artifacts/{made['file']}"
         return cls(id=jid, name=rec.get("name") or None, status=rec["status"], created_at=rec["created_at"],
                    started_at=rec.get("started_at"), finished_at=rec.get("finished_at"), queue=rec["queue"],
                    attempts=rec.get("attempts", 0), spec=rec["spec"], progress=Progress(**(rec.get("progress") or {})),

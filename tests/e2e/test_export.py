@@ -33,6 +33,7 @@ def test_a_job_exports_a_checked_program_and_times_teacher_and_student(service: 
         program = http.get(f"{base}/student.pt2")
         assert program.status_code == 200 and len(program.content) == export["pt2"]["size_bytes"]
         assert http.get(f"{base}/student.onnx").status_code == 404  # not asked for
+        assert http.get(f"/v1/jobs/{job['id']}").json()["links"]["student_pt2"] == f"{base}/student.pt2"
         (tmp_path / "student.safetensors").write_bytes(http.get(f"{base}/student.safetensors").content)
     module, _ = load_student(tmp_path / "student.safetensors")
     x = load_dataset("digits", tmp_path).test.head(100).float()
