@@ -33,7 +33,8 @@ from kdcore.errors import (
 )
 from kdcore.hardware import resolve_device
 from kdcore.oom import with_oom_retry
-from kdcore.spec import JobSpec, TeacherSpec
+from kdcore.spec import JobSpec, TeacherInput, TeacherSpec
+from kdcore.teacher_io import TeacherIO, dry_run
 from kdcore.train import CHECKPOINT, Teacher, run
 from worker.artifacts import ArtifactStore
 from worker.config import WorkerSettings, get_settings
@@ -92,15 +93,19 @@ def _teacher(store: JobStore, arts: ArtifactStore, t: TeacherSpec, tenant: str, 
         if art is None:
             raise JobError("teacher_unavailable", f"teacher artifact {t.checkpoint} not found")
         path = Path(art["path"])
+        takes = t.input or TeacherInput()  # a registry architecture is built for what its adapter gives it
         module = load_teacher(path, art["format"], architecture=t.architecture, kwargs=t.kwargs,
-                              num_classes=info.num_classes, in_channels=info.in_channels,
-                              input_size=info.image_size, device=device)
+                              num_classes=info.num_classes, in_channels=takes.channels or info.in_channels,
+                              input_size=tuple(takes.size) if takes.size else info.image_size,  # type: ignore[arg-type]
+                              device=device)
         size = int(art["size"])
         params = (art.get("meta") or {}).get("params")
         checksum = art.get("sha256") or file_sha256(path)
     if params is None:
         params = sum(p.numel() for p in module.parameters()) or None
-    return Teacher(module=module, params=params, size_bytes=size, label=label, checksum=checksum)
+    wrapped = TeacherIO(module, info, t.input, t.outputs, label).to(device)
+    return Teacher(module=wrapped, params=params, size_bytes=size, label=label, checksum=checksum,
+                   io=wrapped.identity())
 
 
 def _load_data(store: JobStore, spec: JobSpec, tenant: str, settings: WorkerSettings,
@@ -206,6 +211,8 @@ def _run(job_id: str, rec: dict[str, Any], lifecycle: Lifecycle, arts: ArtifactS
         data = _load_data(store, spec, tenant, settings, on_event)
         teachers = [_teacher(store, arts, t, tenant, data.info, device, f"teacher {i}" if i else "teacher")
                     for i, t in enumerate(spec.teachers)]
+        for t in teachers:  # before anything else runs: a teacher that cannot run fails as teacher_error now
+            dry_run(t.module, data.train.head(1).to(device))
         workdir = arts.job_dir(job_id)
 
         def on_oom_retry(old: int, new: int) -> None:
