@@ -213,6 +213,8 @@ def _run(job_id: str, rec: dict[str, Any], lifecycle: Lifecycle, arts: ArtifactS
                     for i, t in enumerate(spec.teachers)]
         for t in teachers:  # before anything else runs: a teacher that cannot run fails as teacher_error now
             dry_run(t.module, data.train.head(1).to(device))
+            if t.io:
+                on_event("log", {"message": f"{t.label} input/outputs adapted: {t.io}"})
         workdir = arts.job_dir(job_id)
 
         def on_oom_retry(old: int, new: int) -> None:
