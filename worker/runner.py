@@ -80,7 +80,7 @@ def _teacher(store: JobStore, arts: ArtifactStore, t: TeacherSpec, tenant: str, 
     # a registry architecture is built for what its adapter (teacher.input) gives it, not the dataset's input
     takes = t.input or TeacherInput()
     channels = takes.channels or info.in_channels
-    size: tuple[int, int] = (int(takes.size[0]), int(takes.size[1])) if takes.size else info.image_size
+    input_size: tuple[int, int] = (int(takes.size[0]), int(takes.size[1])) if takes.size else info.image_size
     if t.job is not None:
         rec = store.get_job(t.job, tenant)
         path = arts.job_output(t.job, "student.safetensors") if rec else None
@@ -88,7 +88,7 @@ def _teacher(store: JobStore, arts: ArtifactStore, t: TeacherSpec, tenant: str, 
             raise JobError("teacher_unavailable", f"teacher job {t.job} has no student (status "
                            f"{rec['status'] if rec else 'unknown'})")
         module = load_teacher(path, "safetensors", architecture=None, kwargs={}, num_classes=info.num_classes,
-                              in_channels=channels, input_size=size, device=device)
+                              in_channels=channels, input_size=input_size, device=device)
         size = path.stat().st_size
         params = (rec.get("report") or {}).get("student", {}).get("params")
         checksum = file_sha256(path)
@@ -98,7 +98,8 @@ def _teacher(store: JobStore, arts: ArtifactStore, t: TeacherSpec, tenant: str, 
             raise JobError("teacher_unavailable", f"teacher artifact {t.checkpoint} not found")
         path = Path(art["path"])
         module = load_teacher(path, art["format"], architecture=t.architecture, kwargs=t.kwargs,
-                              num_classes=info.num_classes, in_channels=channels, input_size=size, device=device)
+                              num_classes=info.num_classes, in_channels=channels, input_size=input_size,
+                              device=device)
         size = int(art["size"])
         params = (art.get("meta") or {}).get("params")
         checksum = art.get("sha256") or file_sha256(path)
