@@ -199,11 +199,15 @@ class Teacher:
     # sha256 of the file the weights came from (upload or earlier job's student): names the teacher in the
     # teacher-output cache key; without it the weights themselves are hashed
     checksum: str | None = None
+    # what the teacher path does to the teacher's input and outputs (teacher.input, teacher.outputs:
+    # kdcore.teacher_io.TeacherIO.identity); "" for nothing. Part of the identity: other input, other outputs
+    io: str = ""
 
     def cache_id(self) -> str | None:
-        """Identity for the teacher-output cache: checksum (or weight digest) plus architecture signature;
-        None for a module with no checksum and no weights to hash (its outputs are cached for one job only)."""
-        sig = module_signature(self.module)
+        """Identity for the teacher-output cache: checksum (or weight digest) plus architecture signature
+        (plus `io` when set); None for a module with no checksum and no weights to hash (its outputs are
+        cached for one job only)."""
+        sig = module_signature(self.module) + (f":io={self.io}" if self.io else "")
         if self.checksum:
             return f"{self.checksum}:{sig}"
         if not any(isinstance(t, torch.Tensor) for t in self.module.state_dict().values()):

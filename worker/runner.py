@@ -35,7 +35,8 @@ from kdcore.errors import (
 from kdcore.export_phase import run_export
 from kdcore.hardware import resolve_device
 from kdcore.oom import with_oom_retry
-from kdcore.spec import JobSpec, TeacherSpec
+from kdcore.spec import JobSpec, TeacherInput, TeacherSpec
+from kdcore.teacher_io import TeacherIO, dry_run
 from kdcore.train import CHECKPOINT, Teacher, run
 from worker.artifacts import ArtifactStore
 from worker.config import WorkerSettings, get_settings
@@ -78,6 +79,10 @@ class _Watcher(threading.Thread):
 
 def _teacher(store: JobStore, arts: ArtifactStore, t: TeacherSpec, tenant: str, info: DatasetInfo,
              device: torch.device, label: str) -> Teacher:
+    # a registry architecture is built for what its adapter (teacher.input) gives it, not the dataset's input
+    takes = t.input or TeacherInput()
+    channels = takes.channels or info.in_channels
+    input_size: tuple[int, int] = (int(takes.size[0]), int(takes.size[1])) if takes.size else info.image_size
     if t.job is not None:
         rec = store.get_job(t.job, tenant)
         path = arts.job_output(t.job, "student.safetensors") if rec else None
@@ -85,7 +90,7 @@ def _teacher(store: JobStore, arts: ArtifactStore, t: TeacherSpec, tenant: str, 
             raise JobError("teacher_unavailable", f"teacher job {t.job} has no student (status "
                            f"{rec['status'] if rec else 'unknown'})")
         module = load_teacher(path, "safetensors", architecture=None, kwargs={}, num_classes=info.num_classes,
-                              in_channels=info.in_channels, input_size=info.image_size, device=device)
+                              in_channels=channels, input_size=input_size, device=device)
         size = path.stat().st_size
         params = (rec.get("report") or {}).get("student", {}).get("params")
         checksum = file_sha256(path)
@@ -95,14 +100,16 @@ def _teacher(store: JobStore, arts: ArtifactStore, t: TeacherSpec, tenant: str, 
             raise JobError("teacher_unavailable", f"teacher artifact {t.checkpoint} not found")
         path = Path(art["path"])
         module = load_teacher(path, art["format"], architecture=t.architecture, kwargs=t.kwargs,
-                              num_classes=info.num_classes, in_channels=info.in_channels,
-                              input_size=info.image_size, device=device)
+                              num_classes=info.num_classes, in_channels=channels, input_size=input_size,
+                              device=device)
         size = int(art["size"])
         params = (art.get("meta") or {}).get("params")
         checksum = art.get("sha256") or file_sha256(path)
     if params is None:
         params = sum(p.numel() for p in module.parameters()) or None
-    return Teacher(module=module, params=params, size_bytes=size, label=label, checksum=checksum)
+    wrapped = TeacherIO(module, info, t.input, t.outputs, label).to(device)
+    return Teacher(module=wrapped, params=params, size_bytes=size, label=label, checksum=checksum,
+                   io=wrapped.identity())
 
 
 def _load_data(store: JobStore, spec: JobSpec, tenant: str, settings: WorkerSettings,
@@ -208,6 +215,10 @@ def _run(job_id: str, rec: dict[str, Any], lifecycle: Lifecycle, arts: ArtifactS
         data = _load_data(store, spec, tenant, settings, on_event)
         teachers = [_teacher(store, arts, t, tenant, data.info, device, f"teacher {i}" if i else "teacher")
                     for i, t in enumerate(spec.teachers)]
+        for t in teachers:  # before anything else runs: a teacher that cannot run fails as teacher_error now
+            dry_run(t.module, data.train.head(1).to(device))
+            if t.io:
+                on_event("log", {"message": f"{t.label} input/outputs adapted: {t.io}"})
         workdir = arts.job_dir(job_id)
 
         def on_oom_retry(old: int, new: int) -> None:
