@@ -26,8 +26,9 @@ FAST = {"epochs": 2, "batch_size": 64, "lr": 0.05, "seed": 0}
 HEAVY = ("torch", "numpy", "celery", "kombu", "fastapi", "starlette", "uvicorn", "api", "kdcore", "sklearn")
 
 
-def test_importing_the_client_loads_no_torch() -> None:
-    code = ("import sys, distillery.client; "
+@pytest.mark.parametrize("module", ["distillery.client", "distillery.jobs_cli"])
+def test_importing_the_client_loads_no_torch(module: str) -> None:
+    code = (f"import sys, {module}; "
             f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({list(HEAVY)!r})))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
