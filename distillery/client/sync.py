@@ -17,7 +17,7 @@ from typing import IO, Any
 import httpx
 from pydantic import PrivateAttr
 
-from distillery.client import common
+import distillery.client.common as common
 from distillery.client.errors import ApiError, JobFailed
 from distillery.client.models import Artifact, Event, JobInfo, JobList, Report, Status
 
