@@ -157,9 +157,9 @@ def _enter_key(pg: Any, base_url: str) -> None:
 def test_follows_a_real_job_to_succeeded_with_report_and_download(base_url: str, page: Page, tmp_path: Path) -> None:
     pg = page.page
     _enter_key(pg, base_url)
-    teacher = _submit(base_url, helpers.spec(name="dash-teacher", training={"epochs": 4, "batch_size": 64,
-                                                                              "lr": 0.05, "seed": 0}))
-    kd = _submit(base_url, helpers.kd_spec({"job": teacher}, epochs=6, baseline=True, name="dash-kd"))  # waits for it
+    # the digits scenario of the README's CLI transcript: teacher mlp 256-256, student mlp 32, 8 epochs each
+    teacher = _submit(base_url, helpers.spec(name="dash-teacher"))
+    kd = _submit(base_url, helpers.kd_spec({"job": teacher}, epochs=8, baseline=True, name="dash-kd"))  # waits for it
 
     row = pg.locator(f"tr[data-job-id='{kd}']")
     row.wait_for(timeout=15_000)  # the list refreshes itself
@@ -171,7 +171,7 @@ def test_follows_a_real_job_to_succeeded_with_report_and_download(base_url: str,
 
     report = _get(base_url, f"/v1/jobs/{kd}/report").json()
     events = [e for e in _get(base_url, f"/v1/jobs/{kd}/events").json()["data"] if e["type"] == "epoch"]
-    assert len(events) == 12  # 6 distill + 6 baseline
+    assert len(events) == 16  # 8 distill + 8 baseline
     assert pg.locator("#loss-chart").get_attribute("data-points") == str(2 * len(events))  # train and test loss
     assert pg.locator("#acc-chart").get_attribute("data-points") == str(len(events))
     table = pg.locator("#report-table").inner_text().lower()  # (the header is upper case by CSS)
