@@ -45,11 +45,17 @@ def load_spec(spec: Mapping[str, Any] | str | os.PathLike[str]) -> dict[str, Any
     path = Path(spec)
     text = path.read_text()
     if path.suffix.lower() == ".json":
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise ValueError(f"{path}: not valid JSON: {e}") from None
     else:
         import yaml  # only when a YAML file is read
 
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:  # its message spans lines (the context, a caret): keep one
+            raise ValueError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a JobSpec is a mapping (name, student, dataset, ...), not {type(data).__name__}")
     return data

@@ -130,11 +130,17 @@ def test_api_errors_are_one_line_and_exit_status_1(user_env: dict[str, str], up:
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(helpers.spec(student={"architecture": "no-such-net"})))
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("student: {architecture: mlp\ndataset: [")
+    listed = tmp_path / "listed.json"
+    listed.write_text("[1, 2]")
     cases = [
         (("jobs", "submit", str(bad)), "422 Invalid input: student"),
         (("jobs", "show", "job_0000000000000000"), "404 Not found: no job job_0000000000000000"),
         (("jobs", "report", "job_0000000000000000"), "404 Not found"),
         (("jobs", "submit", str(tmp_path / "missing.yaml")), "missing.yaml"),
+        (("jobs", "submit", str(broken)), "broken.yaml: not valid YAML"),
+        (("jobs", "submit", str(listed)), "a JobSpec is a mapping"),
         (("jobs", "list", "--key", "wrong"), "401 Unauthorized: missing or unknown API key"),
         (("jobs", "list", "--url", f"http://127.0.0.1:{free_port()}"), "cannot reach http://127.0.0.1:"),
     ]
