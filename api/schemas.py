@@ -43,6 +43,9 @@ class JobPublic(BaseModel):
     report: dict[str, Any] | None = Field(None, description="when succeeded: the final report")
     waiting_for: list[str] = Field(default_factory=list, description="while queued: teacher jobs it waits for "
                                    "(it is enqueued when they have succeeded, and fails if one fails)")
+    notify: dict[str, Any] | None = Field(None, description="the job's webhook: its url (the secret is never shown)")
+    notifications: list[dict[str, Any]] = Field(default_factory=list, description="webhook delivery attempts: "
+                                                "event, url, attempt, at, outcome, status_code or error")
     links: dict[str, str] = Field(default_factory=dict)
 
     @classmethod
@@ -53,11 +56,15 @@ class JobPublic(BaseModel):
             links.update(report=f"/v1/jobs/{jid}/report",
                          student=f"/v1/jobs/{jid}/artifacts/student.safetensors",
                          curves=f"/v1/jobs/{jid}/artifacts/curves.png")
+            for made in ((rec.get("report") or {}).get("export") or {}).values():  # deployable students, if asked
+                if isinstance(made, dict) and made.get("file"):
+                    links[made["file"].replace(".", "_")] = f"/v1/jobs/{jid}/artifacts/{made['file']}"
         return cls(id=jid, name=rec.get("name") or None, status=rec["status"], created_at=rec["created_at"],
                    started_at=rec.get("started_at"), finished_at=rec.get("finished_at"), queue=rec["queue"],
                    attempts=rec.get("attempts", 0), spec=rec["spec"], progress=Progress(**(rec.get("progress") or {})),
                    metrics=rec.get("metrics") or {}, error=rec.get("error"), report=rec.get("report"),
-                   waiting_for=rec.get("waiting_for") or [] if rec["status"] == Status.QUEUED else [], links=links)
+                   waiting_for=rec.get("waiting_for") or [] if rec["status"] == Status.QUEUED else [],
+                   notify=rec.get("notify"), notifications=rec.get("notifications") or [], links=links)
 
 
 class JobList(BaseModel):

@@ -21,6 +21,8 @@ class Settings(WorkerSettings):
                                                    "have at once; more answer 429 (unset: no limit)")
     max_tenant_upload_bytes: int | None = Field(None, ge=1, description="bytes of uploads a tenant may store in "
                                                 "all; more answer 413 (unset: no limit)")
+    metrics_key: str | None = Field(None, description="when set, GET /metrics needs `Authorization: Bearer <it>`; "
+                                    "unset, /metrics is open like /healthz")
     api_threads: int = Field(8, ge=1, description="threads serving the API's blocking routes (submit, cancel, list)")
 
     def tenants_by_key(self) -> dict[str, str]:

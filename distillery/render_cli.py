@@ -82,7 +82,11 @@ class FollowView:
         if event.type == "status":
             self.print(f"[dim]{event.ts or ''}[/]  {self.job_id} [bold]{d.get('status')}[/]")
         elif event.type == "phase":
-            self._task(d.get("phase", "train"), d.get("epochs"), d.get("start_epoch") or 0)
+            if d.get("epochs"):
+                self._task(d.get("phase", "train"), d.get("epochs"), d.get("start_epoch") or 0)
+            else:  # a phase without epochs (export): a line, no bar
+                extra = ", ".join(f"{k} {v}" for k, v in d.items() if k != "phase")
+                self.print(f"  phase {d.get('phase')}" + (f": {extra}" if extra else ""))
         elif event.type == "progress":
             task = self._task(d.get("phase", "train"), d.get("epochs"))
             fields: dict[str, Any] = {"eta": duration(d.get("eta_s"))}
@@ -143,18 +147,14 @@ def job_table(job: JobInfo) -> Table:
     return t
 
 
+def ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f} ms"
+
+
 def _latency_rows(latency: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """Rows (label, teacher, student) from the report's `latency`: every mapping in it that has a
-    teacher and a student value (one per batch size), in milliseconds."""
-    rows = []
-    for key, value in latency.items():
-        if not isinstance(value, dict):
-            continue
-        t = next((v for k, v in value.items() if k.startswith("teacher") and isinstance(v, int | float)), None)
-        s = next((v for k, v in value.items() if k.startswith("student") and isinstance(v, int | float)), None)
-        if t is not None or s is not None:
-            rows.append((f"latency {key}", "-" if t is None else f"{t:.3g} ms", "-" if s is None else f"{s:.3g} ms"))
-    return rows
+    """Rows (label, teacher, student) from the report's `export.latency`: one per batch size."""
+    return [(f"latency, batch {bs}", ms(row.get("teacher_ms")), ms(row.get("student_ms")))
+            for bs, row in (latency.get("batches") or {}).items() if isinstance(row, dict)]
 
 
 def report_table(report: Report) -> Table:
@@ -188,8 +188,22 @@ def report_summary(report: Report) -> list[str]:
         lines.append(f"compression: {report.compression:.1f}x fewer parameters")
     if report.agreement is not None:
         lines.append(f"agreement with the teacher: {pct(report.agreement)}")
-    speedups = {k: v["speedup"] for k, v in (report.latency or {}).items()
-                if isinstance(v, dict) and isinstance(v.get("speedup"), int | float)}
+    latency = report.latency or {}
+    speedups = {bs: row["speedup"] for bs, row in (latency.get("batches") or {}).items()
+                if isinstance(row, dict) and isinstance(row.get("speedup"), int | float)}
     if speedups:
-        lines.append("speed-up: " + ", ".join(f"{k} {v:.1f}x" for k, v in speedups.items()))
+        lines.append("speed-up: " + ", ".join(f"{v:.1f}x at batch {bs}" for bs, v in speedups.items())
+                     + f" ({latency.get('statistic', 'median')} on {latency.get('device', '?')})")
+    for name, made in (report.export or {}).items():
+        if not isinstance(made, dict) or name == "latency":
+            continue
+        if not made.get("file"):
+            lines.append(f"export {name}: not kept: {made.get('error', 'unknown error')}")
+        elif name == "int8":
+            lines.append(f"export: {made['file']} ({size(made.get('size_bytes'))}), top-1 {pct(made.get('top1'))} "
+                         f"({100 * (made.get('top1_change') or 0):+.1f} points vs the fp32 student)")
+        else:
+            lines.append(f"export: {made['file']} ({size(made.get('size_bytes'))}), checked against the trained "
+                         f"student: max |diff| {made.get('max_abs_diff', 0):.1e}, argmax agreement "
+                         f"{pct(made.get('agreement'))}")
     return lines

@@ -8,6 +8,7 @@ dataset's class count) live in `semantic_errors`, which returns (loc, msg) pairs
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
@@ -164,6 +165,50 @@ class ResourcesSpec(BaseModel):
                           "falls back to eager with a log event. Pays off on long GPU jobs")
 
 
+class ExportSpec(BaseModel):
+    """Deployable files made after training (kdcore.export_phase; docs/spec.md)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"formats": ["onnx", "pt2"], "int8": False, "latency": True}]})
+
+    formats: list[Literal["onnx", "pt2"]] = Field(default_factory=lambda: ["onnx", "pt2"], max_length=2,
+                                                  description="student.onnx (onnxruntime) and/or student.pt2 "
+                                                  "(torch.export), each checked against the trained student")
+    int8: bool = Field(False, description="also student.int8.onnx (onnxruntime dynamic quantization), with its "
+                       "test accuracy in the report; needs `onnx` in formats")
+    latency: bool = Field(True, description="time teacher and student at batch 1 and 64 on the job's device "
+                          "(median of repeated runs) and report the speed-up")
+
+    @model_validator(mode="after")
+    def _int8_needs_onnx(self) -> ExportSpec:
+        self.formats = list(dict.fromkeys(self.formats))
+        if self.int8 and "onnx" not in self.formats:
+            raise ValueError('`int8` quantizes the ONNX model: add "onnx" to `formats`')
+        return self
+
+
+class NotifySpec(BaseModel):
+    """A webhook called once when the job ends (succeeded, failed or cancelled); see docs/operations.md."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"url": "https://ci.example.com/hooks/distillery", "secret": "a-long-random-shared-secret"}]})
+
+    url: str = Field(max_length=2000, description="http(s) URL the job record is POSTed to; its host must be on "
+                     "the operator's webhook allow-list (docs/operations.md) or the delivery is refused")
+    secret: str = Field(min_length=16, max_length=256, description="key of the HMAC-SHA256 signature in the "
+                        "X-Distillery-Signature header; never shown again in job records")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        u = urlsplit(v)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if u.username or u.password:
+            raise ValueError("must not carry credentials; the secret signs each delivery instead")
+        return v
+
+
 Teachers = Annotated[TeacherSpec | list[TeacherSpec], Field(description="absent for method none")]
 
 
@@ -188,6 +233,9 @@ class JobSpec(BaseModel):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     baseline: bool = Field(False, description="also train the student without the teacher under the same "
                            "recipe and report the KD gain")
+    export: ExportSpec | None = Field(None, description="deployable students (ONNX, .pt2, int8) and a latency "
+                                      "comparison, made after training; off when absent")
+    notify: NotifySpec | None = Field(None, description="a webhook called when the job ends")
 
     @property
     def teachers(self) -> list[TeacherSpec]:

@@ -49,5 +49,8 @@ def dataset_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def service(tmp_path_factory: pytest.TempPathFactory, dataset_root: Path) -> Iterator[Stack]:
     """The service as users run it, over HTTP: a stack with one worker (`service.worker`), ready."""
     with running_stack(tmp_path_factory.mktemp("service"), dataset_root, workers=("e2e",),
-                       env={"KD_LEASE_TTL_S": "10"}) as stack:
+                       # webhooks may reach test receivers on loopback (tests/e2e/test_webhooks.py), and
+                       # retry within a second
+                       env={"KD_LEASE_TTL_S": "10", "KD_WEBHOOK_ALLOW_HOSTS": "127.0.0.1",
+                            "KD_WEBHOOK_RETRY_BASE_S": "0.3"}) as stack:
         yield stack

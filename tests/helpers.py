@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import io
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -59,3 +61,34 @@ def sse_events(http: httpx.Client, job_id: str) -> list[tuple[str, dict[str, Any
                 if kind == "end":
                     break
     return out
+
+
+class Receiver:
+    """A loopback HTTP server answering POSTs with the next status of `answers` (then 200)."""
+
+    def __init__(self, answers: list[int] | None = None, location: str | None = None):
+        self.answers = list(answers or [])
+        self.got: list[tuple[dict[str, str], bytes]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.got.append((dict(self.headers), body))
+                code = receiver.answers.pop(0) if receiver.answers else 200
+                self.send_response(code)
+                if location:
+                    self.send_header("Location", location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

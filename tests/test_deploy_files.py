@@ -197,3 +197,27 @@ def test_dockerignore_keeps_local_state_out() -> None:
     assert {".venv", "data", ".git"} <= ignored
     # what the install needs must not be ignored
     assert not {"pyproject.toml", "distillery", "api", "worker", "kdcore", "README.md"} & ignored
+
+
+def test_prometheus_profile_scrapes_the_api_metrics(compose: dict[str, Any], services: dict[str, Any]) -> None:
+    from api.routes import metrics
+
+    prom = services["prometheus"]
+    assert prom["profiles"] == ["metrics"]  # off unless asked for: `docker compose --profile metrics up`
+    configs = {c["target"]: compose["configs"][c["source"]] for c in prom["configs"]}
+    config_file = ROOT / configs["/etc/prometheus/prometheus.yml"]["file"]
+    scrape = yaml.safe_load(config_file.read_text())["scrape_configs"]
+    (job,) = [j for j in scrape if j["job_name"] == "distillery"]
+    api_port = build_parser().parse_args(command_list(services["api"])).port
+    assert job["static_configs"][0]["targets"] == [f"api:{api_port}"]
+    # the path is the API's own route, and the key the API checks is the one Prometheus sends
+    assert job["metrics_path"] in {r.path for r in metrics.router.routes}
+    key_file = job["authorization"]["credentials_file"]
+    assert configs[key_file] == {"environment": "KD_METRICS_KEY"}
+    assert environment(services["api"])["KD_METRICS_KEY"].startswith("${KD_METRICS_KEY")
+    assert "prometheus-data" in compose["volumes"]
+
+
+def test_workers_get_the_webhook_allow_list(services: dict[str, Any]) -> None:
+    for name in ("worker-gpu", "worker-cpu"):  # the workers deliver webhooks
+        assert environment(services[name])["KD_WEBHOOK_ALLOW_HOSTS"].startswith("${KD_WEBHOOK_ALLOW_HOSTS")

@@ -14,6 +14,10 @@ JOB_OUTPUTS = {
     "student.safetensors": "application/octet-stream",
     "report.json": "application/json",
     "curves.png": "image/png",
+    # deployable students, with `export` in the spec (kdcore/export_phase.py)
+    "student.onnx": "application/octet-stream",
+    "student.pt2": "application/octet-stream",
+    "student.int8.onnx": "application/octet-stream",
 }
 # Further trained models a method saves beside the student (DML's `peer.safetensors`): any plain name.
 # The pattern keeps every such path inside the job's directory whatever a client asks for.

@@ -42,6 +42,12 @@ class WorkerSettings(BaseSettings):
                                       "`distillery worker --device`. Unset: cuda when there is one, else cpu")
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per job; unset: the CPUs "
                                       "this process may use (affinity and cgroup quota)")
+    webhook_allow_hosts: str = Field("", description="where job webhooks (`notify.url`) may go: comma-separated "
+                                     "host names and IP networks (10.0.0.0/8, 192.0.2.7); empty: none is sent")
+    webhook_timeout_s: float = Field(5.0, gt=0, le=120, description="one webhook POST's connect+read limit")
+    webhook_max_attempts: int = Field(6, ge=1, le=50, description="POSTs of one webhook before giving up")
+    webhook_retry_base_s: float = Field(2.0, gt=0, description="wait before the first retry; doubled each "
+                                        "time (2, 4, 8, ... s, at most 10 minutes)")
 
     @property
     def redis(self) -> str:

@@ -14,6 +14,8 @@ trains; its job watcher refreshes the key instead, marked `busy` (see `beat_whil
 A thread does the periodic sweeps that need no consumer (worker/lifecycle.py's `sweep`): re-sending jobs
 whose worker died, sending jobs the API wrote but died before sending, and sending held-back jobs whose
 teacher jobs have succeeded. It sends on the worker's own Celery app, handed over by the ready signal.
+Beside it, a thread delivers job webhooks from the outbox (worker/webhooks.py): in the main process, so
+a slow webhook receiver never holds up training, which runs in the pool.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from worker.broker import Sender
 from worker.config import get_settings
 from worker.lifecycle import Lifecycle
 from worker.store import JobStore
+from worker.webhooks import start_deliverer
 
 log = logging.getLogger("distillery.worker")
 _stop = threading.Event()
@@ -137,6 +140,7 @@ def _sweep(app: Any) -> None:
 def _start(sender: Any = None, **_: Any) -> None:
     # sender: the worker's consumer; its app is the worker's own Celery app (its broker connection)
     threading.Thread(target=_sweep, args=(sender.app,), daemon=True, name="kd-sweep").start()
+    start_deliverer(get_settings(), _stop)
 
 
 @worker_shutdown.connect

@@ -15,6 +15,11 @@ heartbeat and the API's quotas and reads build their keys here and nowhere else.
   unsent                sorted set: ids of jobs written `queued` whose message is not yet confirmed sent
   tenant:{t}:open       sorted set: the tenant's admitted open jobs and reservations (api/quotas.py)
   tenant:{t}:upload_bytes / upload_inflight / upload_touched   the tenant's upload quota (api/quotas.py)
+  outbox                sorted set: ids of ended jobs with a webhook to deliver -> unix time it is due
+                        (written with the terminal status, worker/store.py; delivered by worker/webhooks.py)
+  stats:jobs            hash: "status|queue" -> jobs in that status (kept by every status change; /metrics)
+  stats:durations       hash: run-time histogram of ended jobs, "status|bucket", "status|sum" (/metrics)
+  cpu, gpu              the broker's queue lists (kombu's Redis transport names them after the queue)
 """
 from __future__ import annotations
 
@@ -25,6 +30,9 @@ WORKERS_SEEN = f"{PREFIX}workers:seen"
 ACTIVE = f"{PREFIX}active"
 WAITING = f"{PREFIX}waiting"
 UNSENT = f"{PREFIX}unsent"
+OUTBOX = f"{PREFIX}outbox"
+JOB_COUNTS = f"{PREFIX}stats:jobs"
+DURATIONS = f"{PREFIX}stats:durations"
 
 
 def job(job_id: str) -> str:
@@ -62,3 +70,8 @@ def worker(name: str) -> str:
 def tenant(tenant_name: str, what: str) -> str:
     """A tenant's quota keys: `open`, `upload_bytes`, `upload_inflight`, `upload_touched`."""
     return f"{PREFIX}tenant:{tenant_name}:{what}"
+
+
+def broker_queue(queue: str) -> str:
+    """The list kombu's Redis transport keeps a queue's waiting messages in (its name is the queue's)."""
+    return queue

@@ -15,6 +15,10 @@ its queue and it leaves `unsent`. A process that dies in between leaves it there
 sends it (`send_unsent`), so an accepted job always runs. A job whose teacher jobs have not succeeded
 is held in `waiting` instead; `release_waiting` sends it once they have (and fails it if one failed).
 A second message for a job is harmless: the runner's lease and terminal check drop it.
+
+Webhooks: a job submitted with `notify` keeps it in its own record field (never in the spec the API
+shows). Every move into a terminal status, whoever makes it, writes the job's outbox entry in the same
+atomic step (worker/store.py), and a worker's deliverer (worker/webhooks.py) sends it from there.
 """
 from __future__ import annotations
 
@@ -22,8 +26,11 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, NamedTuple
+
+import redis
 
 from worker import keys
 from worker.queues import Queue
@@ -89,16 +96,30 @@ class Lifecycle:
 
     def _move(self, job_id: str, verb: str, **fields: Any) -> bool:
         move = MOVES[verb]
-        changed = self.store.compare_and_set(job_id, move.to, move.allowed_from, **fields)
+        changed = self.store.compare_and_set(job_id, move.to, move.allowed_from, terminal=move.to in TERMINAL,
+                                              **fields)
         if not changed:
             return False
         if move.to == Status.RUNNING:
             self.r.sadd(keys.ACTIVE, job_id)
         elif move.to in TERMINAL:
             self.r.srem(keys.ACTIVE, job_id)
+            self._observe_duration(job_id, move.to)
         extra = {"error": fields["error"]} if "error" in fields else {}
         self.store.add_event(job_id, "status", {"status": move.to.value, **extra})
         return True
+
+    def _observe_duration(self, job_id: str, status: Status) -> None:
+        """The ended job's run time (started to finished) into the /metrics histogram; a job that never
+        started has none."""
+        started, finished = self.r.hmget(keys.job(job_id), "started_at", "finished_at")
+        if not started or not finished:
+            return
+        try:
+            seconds = (datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds()
+            self.store.observe_duration(status.value, max(0.0, seconds))
+        except (ValueError, redis.RedisError) as e:  # a number for operators must never fail a job's move
+            log.warning("job %s: duration not recorded: %s", job_id, e)
 
     # ---- the API's verbs --------------------------------------------------------------------------
     def is_replay(self, tenant: str, idempotency_key: str | None) -> bool:
@@ -112,6 +133,8 @@ class Lifecycle:
         that have not succeeded yet) the job is held in `waiting` and sent once they have succeeded.
         Raises SendFailed (the job is then failed) when the broker is away."""
         wait_for = list(wait_for)
+        notify = spec.get("notify")
+        spec = {k: v for k, v in spec.items() if k != "notify"}  # kept apart: the spec is shown, the secret never
         job_id = new_id("job")
         if idempotency_key:
             key = keys.idempotency(tenant, idempotency_key)
@@ -126,8 +149,11 @@ class Lifecycle:
                   "attempts": 0, "cancel": 0, "name": name or "", "spec": spec, "progress": {}, "metrics": {}}
         if wait_for:
             fields["waiting_for"] = wait_for
+        if notify:
+            fields["notify"] = notify
         with self.r.pipeline() as pipe:
             pipe.hset(keys.job(job_id), mapping=encode_fields(fields))
+            self.store.count_submitted(pipe, Status.QUEUED.value, queue)
             pipe.zadd(keys.tenant_jobs(tenant), {job_id: created})
             pipe.xadd(keys.events(job_id), {"type": "status", "ts": ts,
                                             "data": json.dumps({"status": Status.QUEUED.value})}, maxlen=EVENTS_MAXLEN)

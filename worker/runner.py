@@ -8,6 +8,7 @@ returns at once; one after the lease lapsed (its worker died) resumes from the l
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import socket
@@ -31,6 +32,7 @@ from kdcore.errors import (
     OutOfMemory,
     UnknownNameError,
 )
+from kdcore.export_phase import run_export
 from kdcore.hardware import resolve_device
 from kdcore.oom import with_oom_retry
 from kdcore.spec import JobSpec, TeacherSpec
@@ -222,6 +224,11 @@ def _run(job_id: str, rec: dict[str, Any], lifecycle: Lifecycle, arts: ArtifactS
                        cache_max_bytes=settings.teacher_cache_max_bytes)
 
         report = with_oom_retry(train, spec.training.batch_size, on_oom_retry)
+        if spec.export is not None:
+            report["export"] = run_export(spec.export, workdir, data.test, [t.module for t in teachers], device,
+                                          on_event, watcher.should_stop, report["student"]["top1"],
+                                          settings.torch_threads)
+            (workdir / "report.json").write_text(json.dumps(report, indent=2))
     except Cancelled:
         if watcher.lost.is_set():
             log.warning("job %s: lease lost to another worker; leaving the job to it", job_id)

@@ -7,7 +7,8 @@ result backend. Each field is written on its own (HSET), so the worker writing p
 asking for a cancel never overwrite each other.
 
 Job hash fields: id, tenant, status, created_at, started_at, finished_at, spec, progress, metrics,
-error, report, queue, attempts, cancel, name, worker, waiting_for.
+error, report, queue, attempts, cancel, name, worker, waiting_for, notify (the webhook's url and secret:
+only `notify_target` returns the secret; records carry the url alone), notifications (webhook attempts).
 """
 from __future__ import annotations
 
@@ -24,11 +25,16 @@ from redis.retry import Retry
 from worker import keys
 
 EVENTS_MAXLEN = 20000
-JSON_FIELDS = ("spec", "progress", "metrics", "error", "report", "waiting_for")
+JSON_FIELDS = ("spec", "progress", "metrics", "error", "report", "waiting_for", "notify", "notifications")
+NOTIFICATIONS_KEPT = 20  # webhook attempts kept on a record (the latest)
+# Run-time buckets (seconds) of the job duration histogram (/metrics): a digits job to a day-long one.
+DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0)
 
-# KEYS[1] job hash; ARGV: new status, allowed current statuses (comma-separated), then field/value pairs.
-# Returns 1 when the status changed, 0 when the current status was not allowed (nothing written), -1
-# when there is no such job.
+# KEYS[1] job hash, KEYS[2] the webhook outbox, KEYS[3] the per-status job counts; ARGV: new status,
+# allowed current statuses (comma-separated), job id, "1" when the new status is terminal, now (unix s),
+# then field/value pairs. Returns 1 when the status changed, 0 when the current status was not allowed
+# (nothing written), -1 when there is no such job. A terminal move of a job with a webhook adds its outbox
+# entry in the same script: the status and the promise to notify are written together or not at all.
 _COMPARE_AND_SET = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return -1 end
@@ -36,7 +42,22 @@ local ok = false
 for s in string.gmatch(ARGV[2], '[^,]+') do if s == cur then ok = true end end
 if not ok then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1])
-for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local q = redis.call('HGET', KEYS[1], 'queue') or ''
+redis.call('HINCRBY', KEYS[3], cur .. '|' .. q, -1)
+redis.call('HINCRBY', KEYS[3], ARGV[1] .. '|' .. q, 1)
+if ARGV[4] == '1' and redis.call('HEXISTS', KEYS[1], 'notify') == 1 then
+  redis.call('ZADD', KEYS[2], ARGV[5], ARGV[3])
+end
+return 1
+"""
+# Takes an outbox entry that is due (KEYS[1] outbox; ARGV: job id, now, claimed until): its due time moves
+# past the delivery's timeout, so that another worker's deliverer leaves it alone meanwhile, and takes it
+# over should this one die mid-delivery. Returns 1 when claimed.
+_CLAIM = """
+local due = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not due or tonumber(due) > tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
 return 1
 """
 
@@ -75,6 +96,7 @@ class JobStore:
         self._compare_and_set = client.register_script(_COMPARE_AND_SET)
         self._release = client.register_script(_RELEASE)
         self._renew = client.register_script(_RENEW)
+        self._claim = client.register_script(_CLAIM)
 
     @classmethod
     def from_url(cls, url: str, **overrides: Any) -> JobStore:
@@ -111,13 +133,15 @@ class JobStore:
     def set_fields(self, job_id: str, **fields: Any) -> None:
         self.r.hset(keys.job(job_id), mapping=encode_fields(fields))
 
-    def compare_and_set(self, job_id: str, to: str, allowed: frozenset[str], **fields: Any) -> bool:
-        """Atomically sets status `to` (and `fields`) if the current status is in `allowed`. Only the
-        lifecycle calls this: it owns the table of which status may follow which."""
-        argv: list[Any] = [to, ",".join(sorted(allowed))]
+    def compare_and_set(self, job_id: str, to: str, allowed: frozenset[str], terminal: bool = False,
+                        **fields: Any) -> bool:
+        """Atomically sets status `to` (and `fields`) if the current status is in `allowed`, keeps the
+        per-status counts, and with `terminal` queues the job's webhook (when it has one) in the outbox.
+        Only the lifecycle calls this: it owns the table of which status may follow which."""
+        argv: list[Any] = [to, ",".join(sorted(allowed)), job_id, "1" if terminal else "0", time.time()]
         for k, v in encode_fields(fields).items():
             argv += [k, v]
-        return self._compare_and_set(keys=[keys.job(job_id)], args=argv) == 1
+        return self._compare_and_set(keys=[keys.job(job_id), keys.OUTBOX, keys.JOB_COUNTS], args=argv) == 1
 
     def set_cancel_flag(self, job_id: str) -> None:
         self.r.hset(keys.job(job_id), "cancel", 1)
@@ -127,6 +151,69 @@ class JobStore:
 
     def incr_attempts(self, job_id: str) -> int:
         return int(self.r.hincrby(keys.job(job_id), "attempts", 1))
+
+    # ---- webhooks (worker/webhooks.py) ------------------------------------------------------------
+    def notify_target(self, job_id: str) -> dict[str, Any] | None:
+        """The job's webhook with its secret, for the deliverer only; None when it has none."""
+        raw = self.r.hget(keys.job(job_id), "notify")
+        return json.loads(raw) if raw else None
+
+    def outbox_due(self, now: float, limit: int = 20) -> list[str]:
+        return self.r.zrangebyscore(keys.OUTBOX, "-inf", now, start=0, num=limit)
+
+    def claim_outbox(self, job_id: str, now: float, until: float) -> bool:
+        return self._claim(keys=[keys.OUTBOX], args=[job_id, now, until]) == 1
+
+    def outbox_retry_at(self, job_id: str, when: float) -> None:
+        self.r.zadd(keys.OUTBOX, {job_id: when})
+
+    def outbox_done(self, job_id: str) -> None:
+        self.r.zrem(keys.OUTBOX, job_id)
+
+    def add_notification(self, job_id: str, attempt: dict[str, Any]) -> None:
+        """Appends a delivery attempt to the record (only the deliverer holding the outbox claim writes)."""
+        raw = self.r.hget(keys.job(job_id), "notifications")
+        kept = ([*json.loads(raw), attempt] if raw else [attempt])[-NOTIFICATIONS_KEPT:]
+        self.r.hset(keys.job(job_id), "notifications", json.dumps(kept))
+
+    # ---- operators' numbers (/metrics) -----------------------------------------------------------
+    def count_submitted(self, pipe: Any, status: str, queue: str) -> None:
+        """A new job's count, in the submitting transaction (status changes keep the counts after it)."""
+        pipe.hincrby(keys.JOB_COUNTS, f"{status}|{queue}", 1)
+
+    def job_counts(self) -> dict[tuple[str, str], int]:
+        """(status, queue) -> jobs in that status now."""
+        out = {}
+        for k, v in self.r.hgetall(keys.JOB_COUNTS).items():
+            status, _, queue = k.partition("|")
+            out[(status, queue)] = int(v)
+        return out
+
+    def observe_duration(self, status: str, seconds: float) -> None:
+        """An ended job's run time into the histogram (bucket counts are not cumulative here)."""
+        bucket = next((str(b) for b in DURATION_BUCKETS if seconds <= b), "+Inf")
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.hincrby(keys.DURATIONS, f"{status}|{bucket}", 1)
+            pipe.hincrbyfloat(keys.DURATIONS, f"{status}|sum", seconds)
+            pipe.execute()
+
+    def durations(self) -> dict[str, dict[str, float]]:
+        """status -> {bucket bound (or "sum") -> value}."""
+        out: dict[str, dict[str, float]] = {}
+        for k, v in self.r.hgetall(keys.DURATIONS).items():
+            status, _, what = k.partition("|")
+            out.setdefault(status, {})[what] = float(v)
+        return out
+
+    def outbox_size(self) -> int:
+        return int(self.r.zcard(keys.OUTBOX))
+
+    def worker_last_seen(self) -> dict[str, float]:
+        """Worker name -> unix time of its last heartbeat."""
+        return {name: float(ts) for name, ts in self.r.hgetall(keys.WORKERS_SEEN).items()}
+
+    def broker_depth(self, queue: str) -> int:
+        return int(self.r.llen(keys.broker_queue(queue)))
 
     # ---- events -----------------------------------------------------------------------------
     def add_event(self, job_id: str, kind: str, data: dict[str, Any]) -> str:
@@ -225,6 +312,9 @@ def job_record(raw: dict[str, str], tenant: str | None = None) -> dict[str, Any]
         rec[f] = json.loads(raw[f]) if raw.get(f) else None
     rec["attempts"] = int(raw.get("attempts", 0))
     rec["cancel"] = raw.get("cancel") == "1"
+    if rec["notify"]:  # the secret never leaves through a record (the deliverer reads `notify_target`)
+        rec["notify"] = {"url": rec["notify"].get("url")}
+    rec["notifications"] = rec["notifications"] or []
     return rec
 
 

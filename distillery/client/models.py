@@ -52,6 +52,8 @@ class JobInfo(_Model):
     error: JobError | None = None
     report: dict[str, Any] | None = None
     waiting_for: list[str] = Field(default_factory=list)
+    notify: dict[str, Any] | None = None
+    notifications: list[dict[str, Any]] = Field(default_factory=list)
     links: dict[str, str] = Field(default_factory=dict)
 
     @property
@@ -102,7 +104,7 @@ class ModelStats(_Model):
 class Report(_Model):
     """The final report of a succeeded job (docs/spec.md, "What a job produces"). The schema types it as
     an object; the fields named here are those the worker writes, the rest stay reachable as extras
-    (`report.model_extra`), and `latency` appears only when the job asked for it."""
+    (`report.model_extra`); `export` appears only when the job asked for it."""
 
     method: str | None = None
     dataset: str | None = None
@@ -113,9 +115,20 @@ class Report(_Model):
     baseline: dict[str, Any] | None = None
     kd_gain: float | None = None
     epochs: list[dict[str, Any]] = Field(default_factory=list)
-    latency: dict[str, Any] | None = None
+    export: dict[str, Any] | None = None
     device: str | None = None
     wall_seconds: float | None = None
+
+    @property
+    def latency(self) -> dict[str, Any] | None:
+        """`export.latency` when the job asked for it: {device, precision, statistic, batches: {"1":
+        {student_ms, teacher_ms, speedup}, "64": {...}}}."""
+        return (self.export or {}).get("latency")
+
+    @property
+    def exported_files(self) -> list[str]:
+        """The deployable students the export phase kept (student.onnx, student.pt2, student.int8.onnx)."""
+        return [made["file"] for made in (self.export or {}).values() if isinstance(made, dict) and made.get("file")]
 
 
 # The client's models and the schema components they mirror (the test walks this table).

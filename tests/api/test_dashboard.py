@@ -159,7 +159,8 @@ def test_follows_a_real_job_to_succeeded_with_report_and_download(base_url: str,
     _enter_key(pg, base_url)
     # the digits scenario of the README's CLI transcript: teacher mlp 256-256, student mlp 32, 8 epochs each
     teacher = _submit(base_url, helpers.spec(name="dash-teacher"))
-    kd = _submit(base_url, helpers.kd_spec({"job": teacher}, epochs=8, baseline=True, name="dash-kd"))  # waits for it
+    kd = _submit(base_url, helpers.kd_spec({"job": teacher}, epochs=8, baseline=True, name="dash-kd",  # waits for it
+                                           export={"formats": ["pt2"], "latency": True}))
 
     row = pg.locator(f"tr[data-job-id='{kd}']")
     row.wait_for(timeout=15_000)  # the list refreshes itself
@@ -181,6 +182,12 @@ def test_follows_a_real_job_to_succeeded_with_report_and_download(base_url: str,
     gain = report["kd_gain"]
     assert pg.locator("#kd-gain").inner_text() == f"{'+' if gain >= 0 else ''}{100 * gain:.1f} pts"
     assert pg.locator("#compression").inner_text() == f"{report['compression']:.1f}×"
+    for bs, row in report["export"]["latency"]["batches"].items():
+        cells = pg.locator(f"tr[data-latency='{bs}'] td").all_inner_texts()
+        assert cells == [f"latency, batch {bs}", f"{row['teacher_ms']:.3f} ms", f"{row['student_ms']:.3f} ms"], cells
+        assert pg.locator(f"[data-speedup='{bs}']").inner_text() == f"{row['speedup']:.1f}×"
+    assert report["export"]["pt2"]["file"] == "student.pt2"
+    assert pg.locator("[data-output='student.pt2']").count() == 1  # the exported student is offered too
     pg.locator(".curves-img[data-loaded]").wait_for(timeout=15_000)  # the curves.png fetched with the key
 
     shots = Path(os.environ.get("KD_DOCS_SCREENSHOTS") or tmp_path)

@@ -112,7 +112,7 @@ def test_create_wait_download_and_upload_as_teacher(service: Stack, tmp_path: Pa
         assert client.artifacts.get(art.id).sha256 == art.sha256
 
         uploaded = {"checkpoint": art.id, "architecture": "mlp", "kwargs": {"hidden": helpers.TEACHER_HIDDEN}}
-        kd = helpers.kd_spec(uploaded, epochs=2, baseline=True)
+        kd = helpers.kd_spec(uploaded, epochs=2, baseline=True, export={"formats": [], "latency": True})
         job = client.jobs.create(kd)
         events = list(job.follow(timeout=120))
         assert events[-1].type == "end" and events[-1].data["status"] == Status.SUCCEEDED
@@ -120,6 +120,8 @@ def test_create_wait_download_and_upload_as_teacher(service: Stack, tmp_path: Pa
         report = job.wait(timeout=60)  # already ended: the stream replays and ends at once
         assert report.teacher is not None and report.teacher.params and report.compression and report.compression > 1
         assert report.kd_gain == pytest.approx(report.student.top1 - report.baseline["top1"], abs=1e-5)
+        assert set(report.latency["batches"]) == {"1", "64"} and report.latency["batches"]["64"]["student_ms"] > 0
+        assert report.exported_files == []  # latency only: no file was asked for
 
 
 def test_errors_are_api_errors_with_the_problem(service: Stack) -> None:

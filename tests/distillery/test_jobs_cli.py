@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -80,7 +81,7 @@ def test_submit_follow_report_list_show_download_and_upload_as_teacher(
     assert code == 0 and art_id.startswith("art_") and "safetensors" in out
 
     kd = helpers.kd_spec({"checkpoint": art_id, "architecture": "mlp", "kwargs": {"hidden": helpers.TEACHER_HIDDEN}},
-                         epochs=2, baseline=True, name="cli-kd")
+                         epochs=2, baseline=True, name="cli-kd", export={"formats": [], "latency": True})
     kd_json = tmp_path / "kd.json"
     kd_json.write_text(json.dumps(kd))
     code, out, _ = run(capsys, "jobs", "submit", str(kd_json))
@@ -98,6 +99,9 @@ def test_submit_follow_report_list_show_download_and_upload_as_teacher(
     code, out, _ = run(capsys, "jobs", "report", kd_id)
     assert code == 0 and f"{100 * report['kd_gain']:+.1f} points" in out
     assert f"{report['compression']:.1f}x" in out
+    for bs, row in report["export"]["latency"]["batches"].items():  # teacher vs student, measured on the worker
+        assert re.search(rf"latency, batch {bs}\W+{row['teacher_ms']:.3f} ms\W+{row['student_ms']:.3f} ms", out), out
+        assert f"{row['speedup']:.1f}x at batch {bs}" in out
 
 
 def test_ctrl_c_while_following_leaves_the_job_running(user_env: dict[str, str], up: Up, tmp_path: Path,

@@ -263,12 +263,12 @@ function jobView(root, jobId) {
     const report = await api(`/v1/jobs/${jobId}/report`, { signal: abort.signal });
     const models = [['teacher', report.teacher], ['student', report.student]].filter(([, m]) => m);
     const row = (label, f) => el('tr', {}, el('td', {}, label), ...models.map(([, m]) => el('td', { class: 'num' }, f(m))));
-    const latencyRows = Object.entries(report.latency || {}).filter(([, v]) => v && typeof v === 'object')
-      .map(([k, v]) => {
-        const pick = (who) => Object.entries(v).find(([n, x]) => n.startsWith(who) && typeof x === 'number')?.[1];
-        return el('tr', {}, el('td', {}, `latency ${k}`), ...models.map(([who]) => el('td', { class: 'num' },
-          pick(who) == null ? '–' : `${pick(who).toPrecision(3)} ms`)));
-      });
+    // export.latency: {device, statistic, batches: {"1": {student_ms, teacher_ms, speedup}, "64": {...}}}
+    const latency = report.export?.latency || {};
+    const batches = Object.entries(latency.batches || {});
+    const latencyRows = batches.map(([bs, v]) => el('tr', { 'data-latency': bs }, el('td', {}, `latency, batch ${bs}`),
+      ...models.map(([who]) => el('td', { class: 'num' }, v[`${who}_ms`] == null ? '–' : `${v[`${who}_ms`].toFixed(3)} ms`))));
+    const exported = Object.values(report.export || {}).filter((m) => m && typeof m === 'object' && m.file).map((m) => m.file);
     const gain = report.kd_gain;
     const summary = [
       gain == null ? null : el('div', {}, el('span', {}, 'KD gain (vs labels alone)'),
@@ -277,10 +277,11 @@ function jobView(root, jobId) {
         el('b', { class: 'gain', id: 'compression' }, `${report.compression.toFixed(1)}×`)),
       report.agreement == null ? null : el('div', {}, el('span', {}, 'agreement with teacher'),
         el('b', { class: 'gain' }, pct(report.agreement))),
-      ...Object.entries(report.latency || {}).filter(([, v]) => v && typeof v.speedup === 'number')
-        .map(([k, v]) => el('div', {}, el('span', {}, `speed-up ${k}`), el('b', { class: 'gain' }, `${v.speedup.toFixed(1)}×`))),
+      ...batches.filter(([, v]) => typeof v.speedup === 'number')
+        .map(([bs, v]) => el('div', {}, el('span', {}, `speed-up, batch ${bs} (${latency.device})`),
+          el('b', { class: 'gain', 'data-speedup': bs }, `${v.speedup.toFixed(1)}×`))),
     ];
-    const downloads = OUTPUTS.map((name) => el('button', { 'data-output': name, onclick: () => download(name) }, `⬇ ${name}`));
+    const downloads = [...OUTPUTS, ...exported].map((name) => el('button', { 'data-output': name, onclick: () => download(name) }, `⬇ ${name}`));
     const img = el('img', { class: 'curves-img', alt: 'accuracy and loss per epoch (curves.png)' });
     img.addEventListener('load', () => { img.dataset.loaded = '1'; });
     reportCard.replaceChildren(el('h2', {}, 'Report'), el('div', { class: 'summary' }, ...summary),
@@ -327,7 +328,8 @@ function jobView(root, jobId) {
     if (type !== 'progress') {
       const text = type === 'epoch' ? `${data.phase} epoch ${data.epoch}/${data.epochs}: loss ${data.train_loss?.toFixed(4)}, test acc ${pct(data.test_top1)}`
         : type === 'status' ? `status ${data.status}` : type === 'end' ? `ended: ${data.status}`
-          : type === 'phase' ? `phase ${data.phase} (${data.epochs} epochs, ${data.device})` : data.message || JSON.stringify(data);
+          : type === 'phase' ? `phase ${data.phase}${data.epochs ? ` (${data.epochs} epochs, ${data.device})` : ''}`
+            : data.message || JSON.stringify(data);
       log.append(`${(data.ts || '').slice(11, 19).padEnd(8)}  ${text}\n`);
       log.scrollTop = log.scrollHeight;
     }
