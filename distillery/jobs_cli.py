@@ -27,7 +27,9 @@ from distillery.client.common import DEFAULT_URL, KEY_ENV, URL_ENV
 from distillery.client.errors import ApiError
 from distillery.client.models import Status
 
+# show_locals off: an unexpected crash must not print the API key held in a local variable
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  pretty_exceptions_show_locals=False,
                   help="Knowledge distillation as a service (Distillery): the client commands.")
 jobs = typer.Typer(no_args_is_help=True, help="Submit, list, follow, cancel jobs; read reports; download outputs.")
 artifacts = typer.Typer(no_args_is_help=True, help="Upload teacher checkpoints and datasets.")

@@ -109,6 +109,8 @@ function duration(s) {
 }
 const when = (iso) => (iso ? iso.replace('T', ' ').slice(0, 19) : '–');
 
+// Builds an element; children are nodes or text. Text always goes in as text nodes, never as HTML: job
+// names, error messages and log lines come from users and must not become markup.
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) {
