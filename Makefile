@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser docs-screenshots run test lint contract bench-mnist bench-methods bench-throughput bench-load bench-data-scale clean
+.PHONY: install browser docs-screenshots ui-screenshot run test lint contract bench-mnist bench-methods bench-throughput bench-load bench-data-scale clean
 
 # Idempotent: re-installs only when pyproject.toml changed.
 install: $(STAMP)
@@ -51,6 +51,10 @@ bench-data-scale: install
 # Refreshes docs/swagger-ui.png from the real page (the same test, with its screenshot kept under docs/)
 docs-screenshots: install browser
 	KD_DOCS_SCREENSHOTS=docs $(BIN)/python -m pytest -q -p no:cacheprovider tests/api/test_docs_ui.py -k swagger_ui
+
+# Refreshes docs/dashboard.png: the dashboard test following a real job, its screenshot kept under docs/
+ui-screenshot: install browser
+	KD_DOCS_SCREENSHOTS=docs $(BIN)/python -m pytest -q -p no:cacheprovider -n 0 tests/api/test_dashboard.py -k follows
 
 lint: install
 	$(BIN)/ruff check .

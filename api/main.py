@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from api import docs_ui, errors
 from api.body_limit import BodyLimit
 from api.reads import AsyncReads, async_client
-from api.routes import artifacts, catalog, chains, health, jobs, metrics
+from api.routes import artifacts, catalog, chains, health, jobs, metrics, ui
 from api.settings import Settings, get_settings
 from api.timing import ServerTiming
 from worker.artifacts import ArtifactStore
@@ -88,7 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     docs_ui.install(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(ServerTiming)
-    for module in (health, catalog, artifacts, jobs, chains, metrics):
+    for module in (health, catalog, artifacts, jobs, chains, metrics, ui):
         app.include_router(module.router)
     metrics.install(app, app.state.store)  # last: its latency middleware is the outermost
     return app

@@ -3,6 +3,8 @@
     distillery up       Redis + one worker + the API on one machine (the embedded default)
     distillery api      the HTTP API alone
     distillery worker   one Celery worker alone (more workers join a stack this way)
+    distillery jobs ...       submit, list, follow, cancel jobs; reports; downloads (distillery/jobs_cli.py)
+    distillery artifacts ...  upload teachers and datasets
 
 The heavy imports (uvicorn, the API, Celery, torch) happen only in the process that needs them,
 so that `distillery up` itself stays a small supervisor and never touches CUDA.
@@ -162,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--hostname", default=None, help="Celery node name (default: <queues>-<pid>@<host>)")
     worker.add_argument("--loglevel", default="INFO", help="Celery log level (default: %(default)s)")
+    # Listed here for `distillery --help`; main() hands them to distillery/jobs_cli.py (typer) before
+    # argparse sees them.
+    commands.add_parser("jobs", add_help=False,
+                        help="submit, list, show, follow, cancel jobs; report; download (see: distillery jobs --help)")
+    commands.add_parser("artifacts", add_help=False,
+                        help="upload a teacher checkpoint or a dataset (see: distillery artifacts --help)")
     return parser
 
 
@@ -301,6 +309,16 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+# The client commands: typer + rich, through distillery.client; imported only when used, so `up`, `api`
+# and `worker` start as before.
+CLIENT_COMMANDS = ("jobs", "artifacts")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in CLIENT_COMMANDS:
+        from distillery.jobs_cli import run
+
+        return run(argv)
     args = build_parser().parse_args(argv)
     return COMMANDS[args.command](args)
