@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from api import docs_ui, errors
 from api.body_limit import BodyLimit
 from api.reads import AsyncReads, async_client
-from api.routes import artifacts, catalog, chains, health, jobs
+from api.routes import artifacts, catalog, chains, datasets, health, jobs
 from api.settings import Settings, get_settings
 from api.timing import ServerTiming
 from worker.artifacts import ArtifactStore
@@ -88,6 +88,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     docs_ui.install(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(ServerTiming)
-    for module in (health, catalog, artifacts, jobs, chains):
+    for module in (health, catalog, artifacts, datasets, jobs, chains):
         app.include_router(module.router)
     return app

@@ -15,6 +15,9 @@ heartbeat and the API's quotas and reads build their keys here and nowhere else.
   unsent                sorted set: ids of jobs written `queued` whose message is not yet confirmed sent
   tenant:{t}:open       sorted set: the tenant's admitted open jobs and reservations (api/quotas.py)
   tenant:{t}:upload_bytes / upload_inflight / upload_touched   the tenant's upload quota (api/quotas.py)
+  prepared:{key}        hash: the state of prepared store {key} (worker/preparation.py)
+  prepare_lock:{key}    token of the worker preparing store {key} (SET NX with expiry, renewed while it works)
+  artifact:{id}:prepared  set: the prepared-store keys asked for, or prepared from, upload {id}
 """
 from __future__ import annotations
 
@@ -62,3 +65,15 @@ def worker(name: str) -> str:
 def tenant(tenant_name: str, what: str) -> str:
     """A tenant's quota keys: `open`, `upload_bytes`, `upload_inflight`, `upload_touched`."""
     return f"{PREFIX}tenant:{tenant_name}:{what}"
+
+
+def prepared(store_key: str) -> str:
+    return f"{PREFIX}prepared:{store_key}"
+
+
+def prepare_lock(store_key: str) -> str:
+    return f"{PREFIX}prepare_lock:{store_key}"
+
+
+def artifact_prepared(art_id: str) -> str:
+    return f"{PREFIX}artifact:{art_id}:prepared"

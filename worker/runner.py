@@ -39,6 +39,7 @@ from worker.artifacts import ArtifactStore
 from worker.config import WorkerSettings, get_settings
 from worker.heartbeat import beat_while_busy
 from worker.lifecycle import TERMINAL, Lifecycle, Send, Status
+from worker.preparation import LockedPreparer, Preparations
 from worker.store import JobStore, now_iso
 
 log = logging.getLogger("distillery.worker")
@@ -104,9 +105,10 @@ def _teacher(store: JobStore, arts: ArtifactStore, t: TeacherSpec, tenant: str, 
 
 
 def _load_data(store: JobStore, spec: JobSpec, tenant: str, settings: WorkerSettings,
-               on_event: Callable[[str, dict[str, Any]], None]) -> Data:
+               on_event: Callable[[str, dict[str, Any]], None], should_stop: Callable[[], bool]) -> Data:
     """The job's dataset. An uploaded image folder is decoded once into the prepared-dataset store (a
-    visible `prepare` phase with progress events, skipped when an earlier job prepared the same upload)
+    visible `prepare` phase with progress events, skipped when an earlier job prepared the same upload;
+    under the store key's lock, so a job whose upload another worker is preparing waits and reuses it)
     and read from disk batch by batch; the small built-ins are loaded whole."""
     path, sha = None, None
     if spec.dataset.artifact:
@@ -122,7 +124,10 @@ def _load_data(store: JobStore, spec: JobSpec, tenant: str, settings: WorkerSett
             on_event("progress", {"phase": "prepare", "step": done, "steps": total,
                                   "fraction": round(done / max(1, total), 4)})
 
-    prepared = PreparedStore(settings.prepared)
+    prepared = LockedPreparer(PreparedStore(settings.prepared), Preparations(store, settings.lease_ttl_s),
+                              artifact=spec.dataset.artifact, fmt=spec.dataset.name, should_stop=should_stop,
+                              on_wait=lambda: on_event("log", {"message": "another worker is preparing this "
+                                                               "dataset; waiting for it"}))
     t0 = time.monotonic()
     size = tuple(spec.dataset.image_size) if spec.dataset.image_size else None
     data = load_dataset(spec.dataset.name, settings.datasets, path, download=settings.allow_download,
@@ -203,7 +208,7 @@ def _run(job_id: str, rec: dict[str, Any], lifecycle: Lifecycle, arts: ArtifactS
     try:
         spec = JobSpec.model_validate(rec["spec"])
         device = resolve_device(spec.resources.device, settings.worker_device)
-        data = _load_data(store, spec, tenant, settings, on_event)
+        data = _load_data(store, spec, tenant, settings, on_event, watcher.should_stop)
         teachers = [_teacher(store, arts, t, tenant, data.info, device, f"teacher {i}" if i else "teacher")
                     for i, t in enumerate(spec.teachers)]
         workdir = arts.job_dir(job_id)
