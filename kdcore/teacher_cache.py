@@ -14,7 +14,7 @@ safetensors file (no pickle on load), written to a temporary name and renamed, s
 building the same entry never leave a half-written file under the real name. Deleting the cache
 directory at any time is safe: entries are rebuilt on demand.
 
-The byte budget (`max_bytes`, the worker's KD_TEACHER_CACHE_MAX_BYTES) holds the train split's outputs
+The byte budget (`max_bytes`, handed in by the worker from its settings) holds the train split's outputs
 as the job keeps them in memory and on disk: the features a method compares first (they are kept exact),
 then the logits in the first format that fits what is left: fp32, bf16, or top-k logits plus the rest's
 mass for many classes (kdcore.logit_pack). When none fits, the teacher runs at every step and the report
