@@ -1,6 +1,6 @@
-"""Uploaded datasets: preparing one ahead of its first job (`POST /v1/datasets/{artifact}/prepare`) and
-following that preparation. The API only records the request and sends ids; a worker decodes
-(worker/preparation.py), under the store key's lock."""
+"""Uploaded datasets (image folders, .npz): preparing one ahead of its first job
+(`POST /v1/datasets/{artifact}/prepare`) and following that preparation. The API only records the request
+and sends ids; a worker decodes (worker/preparation.py), under the store key's lock."""
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
@@ -24,7 +24,8 @@ Side = Annotated[int, Field(ge=8, le=1024)]
 
 class PrepareRequest(BaseModel):
     """How to prepare: the same fields, with the same defaults, as a job's `dataset.image_size` and
-    `dataset.channels` (a job asking the same way then reuses this store)."""
+    `dataset.channels` (a job asking the same way then reuses this store). Image folders only: an .npz is
+    prepared as given."""
 
     model_config = ConfigDict(extra="forbid")
     image_size: tuple[Side, Side] | None = Field(None, description="[H, W]; default: the most common train size")
@@ -75,8 +76,8 @@ def _preparable(store: JobStore, art_id: str, tenant: str) -> dict[str, Any]:
         raise Problem(404, f"no artifact {art_id}")
     fmt = art.get("format")
     if fmt not in DATASETS or not DATASETS.get(fmt).meta.get("preparable"):
-        raise invalid(("path", "artifact"), f"artifact {art_id} is a {fmt} upload; only uploaded image folders "
-                      "(.zip of train/<class>/ and test/<class>/) are prepared")
+        raise invalid(("path", "artifact"), f"artifact {art_id} is a {fmt} upload; only uploaded datasets (an "
+                      ".npz, or a .zip of train/<class>/ and test/<class>/ image folders) are prepared")
     return art
 
 
@@ -88,12 +89,17 @@ def _preparable(store: JobStore, art_id: str, tenant: str) -> dict[str, Any]:
                          "now (follow `links.self`); 200: it is ready already. Asking again is harmless: one "
                          "worker prepares a store at a time, and the others reuse it.",
              responses={200: {"model": PreparationPublic, "description": "the store is ready already"},
-                        **problems(401, 404, 422, _422="the body is invalid, or the upload is not an image folder")})
+                        **problems(401, 404, 422, _422="the body is invalid, or the upload is not a dataset")})
 def prepare(artifact: str, tenant: TenantDep, store: StoreDep, settings: SettingsDep, request: Request,
             response: Response,
             body: Annotated[PrepareRequest | None, Body()] = None) -> PreparationPublic:
     art = _preparable(store, artifact, tenant)
     body = body or PrepareRequest()
+    if not DATASETS.get(art["format"]).meta.get("resizable"):
+        for field in ("image_size", "channels"):
+            if getattr(body, field) is not None:
+                raise invalid(("body", field), f"an {art['format']} upload is prepared as given; `{field}` applies "
+                              "to image folders")
     size = tuple(body.image_size) if body.image_size else None
     key = store_key(art["sha256"], size, body.channels)  # type: ignore[arg-type]
     preps = Preparations(store, settings.lease_ttl_s)
@@ -109,7 +115,7 @@ def prepare(artifact: str, tenant: TenantDep, store: StoreDep, settings: Setting
 
 
 @router.get("/{artifact}/prepare", response_model=PreparationList, summary="The prepared stores of an upload",
-            responses=problems(401, 404, 422, _422="the upload is not an image folder"))
+            responses=problems(401, 404, 422, _422="the upload is not a dataset"))
 def list_preparations(artifact: str, tenant: TenantDep, store: StoreDep, settings: SettingsDep) -> PreparationList:
     _preparable(store, artifact, tenant)
     recs = Preparations(store, settings.lease_ttl_s).for_artifact(artifact)
@@ -118,7 +124,7 @@ def list_preparations(artifact: str, tenant: TenantDep, store: StoreDep, setting
 
 @router.get("/{artifact}/prepare/{key}", response_model=PreparationPublic,
             summary="One prepared store of an upload: state, progress, sizes",
-            responses=problems(401, 404, 422, _422="the upload is not an image folder"))
+            responses=problems(401, 404, 422, _422="the upload is not a dataset"))
 def get_preparation(artifact: str, key: str, tenant: TenantDep, store: StoreDep,
                     settings: SettingsDep) -> PreparationPublic:
     _preparable(store, artifact, tenant)

@@ -8,7 +8,9 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+from safetensors.torch import save
 
 from tests.harness import Stack, wait_for
 from tests.helpers import npz_bytes, spec
@@ -67,10 +69,20 @@ def test_prepare_an_upload_ahead_of_its_jobs(service: Stack, tmp_path: Path) -> 
         assert len(listed) == 2 and all(p["state"] == "ready" for p in listed)
         assert {tuple(p["shape"]) for p in listed} == {(1, 16, 16), (3, 14, 18)}
 
-        # bad asks change nothing
+        # an .npz is prepared too, as given (streamed, its pixels in their own type)
         npz = http.post("/v1/artifacts", files={"file": ("d.npz", npz_bytes())}).json()["id"]
+        r = http.post(f"/v1/datasets/{npz}/prepare")
+        assert r.status_code == 202, r.text
+        got = wait_for("the npz", lambda: (g := http.get(r.headers["location"]).json())["state"] == "ready" and g,
+                       timeout=120, every=0.2)
+        assert got["counts"] == {"train": 20, "test": 6} and got["shape"] == [1, 8, 8]
+
+        # bad asks change nothing
+        ckpt = http.post("/v1/artifacts", files={"file": ("t.safetensors", save({"w": torch.zeros(2, 2)}))}).json()
         for path, body, status, loc in (("/v1/datasets/art_nope/prepare", {}, 404, None),
-                                        (f"/v1/datasets/{npz}/prepare", {}, 422, ["path", "artifact"]),
+                                        (f"/v1/datasets/{ckpt['id']}/prepare", {}, 422, ["path", "artifact"]),
+                                        (f"/v1/datasets/{npz}/prepare", {"image_size": [16, 16]}, 422,
+                                         ["body", "image_size"]),
                                         (f"/v1/datasets/{art}/prepare", {"channels": 2}, 422, ["body", "channels"]),
                                         (f"/v1/datasets/{art}/prepare", {"image_size": [4, 4]}, 422,
                                          ["body", "image_size", 0])):
@@ -78,6 +90,6 @@ def test_prepare_an_upload_ahead_of_its_jobs(service: Stack, tmp_path: Path) -> 
             assert bad.status_code == status, bad.text
             assert loc is None or bad.json()["errors"][0]["loc"] == loc, bad.json()
         assert http.get("/v1/datasets/art_nope/prepare").status_code == 404
-        assert http.get(f"/v1/datasets/{npz}/prepare").status_code == 422
+        assert http.get(f"/v1/datasets/{ckpt['id']}/prepare").status_code == 422
         assert http.get(f"/v1/datasets/{art}/prepare/{'0' * 64}").status_code == 404
         assert len(http.get(f"/v1/datasets/{art}/prepare").json()["data"]) == 2
