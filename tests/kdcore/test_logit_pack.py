@@ -18,13 +18,13 @@ def test_choose_format_takes_the_first_that_fits_and_the_largest_k() -> None:
     rows, c = 1000, 100  # fp32: 400,000 bytes; bf16: 200,000; top-k: 4k + 4 per row
     assert choose_format(rows, c, 400_000) == FP32
     assert choose_format(rows, c, 399_999) == BF16 and choose_format(rows, c, 200_000) == BF16
-    fmt = choose_format(rows, c, 100_000)
-    assert fmt is not None and fmt.kind == "topk" and fmt.k == (100 - 4) // 4
-    assert rows * fmt.bytes_per_row(c) <= 100_000 < rows * LogitsFormat("topk", fmt.k + 1).bytes_per_row(c)
+    fmt = choose_format(rows, c, 150_000)
+    assert fmt is not None and fmt.kind == "topk" and fmt.k == (150 - 4) // 4
+    assert rows * fmt.bytes_per_row(c) <= 150_000 < rows * LogitsFormat("topk", fmt.k + 1).bytes_per_row(c)
     assert choose_format(rows, c, rows * (4 * TOPK_MIN + 4)) == LogitsFormat("topk", TOPK_MIN)
     assert choose_format(rows, c, rows * (4 * TOPK_MIN + 4) - 1) is None  # too few logits left to be worth it
-    assert choose_format(rows, TOPK_MIN_CLASSES - 1, 4 * rows * 6) is None  # too few classes for top-k
-    assert choose_format(rows, c, 100_000, topk_allowed=False) is None
+    assert choose_format(rows, TOPK_MIN_CLASSES - 1, 2 * rows * (TOPK_MIN_CLASSES - 1) - 1) is None  # too few
+    assert choose_format(rows, c, 150_000, topk_allowed=False) is None
     big = choose_format(rows, 40_000, rows * 600)  # past 32,767 classes the indices take int32
     assert big is not None and big.k == (600 - 4) // 6
     assert [f.describe(100) for f in (FP32, BF16, fmt)] == ["fp32 logits", "bf16 logits",
@@ -90,8 +90,8 @@ class _Linear(nn.Module):
 
 
 @pytest.mark.parametrize(("budget", "expect"), [(None, "fp32 logits"), (200 * 400 - 1, "bf16 logits"),
-                                                (200 * 60, "top-14 of 100 logits + rest mass"),
-                                                (200 * 20, OFF_LOGITS)])
+                                                (200 * 110, "top-26 of 100 logits + rest mass"),
+                                                (200 * 60, OFF_LOGITS)])
 def test_the_cache_takes_each_path_within_its_budget(tmp_path: Path, budget: int | None, expect: str) -> None:
     x = TensorSplit(torch.randn(200, 1, 8, 8, generator=torch.Generator().manual_seed(2)), torch.zeros(200).long())
     teacher = _Linear().eval()
