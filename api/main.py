@@ -19,6 +19,7 @@ from api.timing import ServerTiming
 from worker.artifacts import ArtifactStore
 from worker.broker import Sender, make_celery
 from worker.lifecycle import Lifecycle
+from worker.storage import Storage
 from worker.store import JobStore
 
 log = logging.getLogger("distillery.api")
@@ -80,7 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.store = JobStore.from_url(settings.redis)
-    app.state.artifacts = ArtifactStore(settings.artifacts)
+    app.state.artifacts = ArtifactStore(settings.artifacts, Storage(settings.storage_url))
     app.state.celery = make_celery(settings)
     app.state.lifecycle = Lifecycle(app.state.store, Sender(app.state.celery))
     app.state.keys = settings.tenants_by_key()

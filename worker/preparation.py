@@ -15,6 +15,9 @@ same upload, a repeated POST's message) waits until it is released, then finds t
 it. A holder that dies stops renewing; its lock lapses within the TTL, the next one prepares again, and the
 half-written attempt is invisible (the store writes into a .tmp-* folder and renames it when complete).
 
+With a shared storage (worker/storage.py), a store built here is published there, and a host that lacks a
+store copies it from there (under no lock: the copy is atomic) instead of decoding the upload again.
+
 The record is keyed by content (the store key comes from the upload's sha256), not by tenant: two uploads
 of the same bytes share one store and one record.
 """
@@ -38,7 +41,9 @@ from kdcore.datasets.store import PreparedData, PreparedStore, store_key
 from kdcore.digests import file_sha256
 from kdcore.errors import Cancelled, DatasetError
 from worker import keys
+from worker.artifacts import ArtifactStore
 from worker.config import WorkerSettings, get_settings
+from worker.storage import Storage
 from worker.store import JobStore, now_iso
 
 log = logging.getLogger("distillery.preparation")
@@ -153,8 +158,9 @@ class LockedPreparer:
 
     def __init__(self, prepared: PreparedStore, preps: Preparations, *, artifact: str | None = None,
                  fmt: str | None = None, should_stop: Callable[[], bool] = lambda: False,
-                 on_wait: Callable[[], None] | None = None):
+                 on_wait: Callable[[], None] | None = None, storage: Storage | None = None):
         self.prepared, self.preps, self.artifact, self.fmt = prepared, preps, artifact, fmt
+        self.storage = storage or Storage()
         self.should_stop, self.on_wait = should_stop, on_wait
         self.decoded = False  # whether this preparer decoded (False: it found the store, or waited and reused it)
 
@@ -165,16 +171,25 @@ class LockedPreparer:
         key = store_key(sha, image_size, channels)
         if self.artifact:
             self.preps.remember(self.artifact, key)
-        found = self.prepared.get(key)
+        found = self._local_or_shared(key)
         if found is None:
             with self.preps.locked(key, self.should_stop, self.on_wait):
-                found = self.prepared.get(key)  # another worker may have finished while we waited
+                found = self._local_or_shared(key)  # another worker may have finished while we waited
                 if found is None:
                     found = self._decode(source, key, sha, image_size, channels, on_progress)
+                    self.storage.publish_dir(found.path, "prepared", key)  # meta.json last: whole or absent
         rec = self.preps.get(key) or {}
         if rec.get("state") != PrepState.READY:
             self.preps.set(key, state=PrepState.READY.value, format=self.fmt, **_store_facts(found),
                            finished_at=now_iso(), error=None)
+        return found
+
+    def _local_or_shared(self, key: str) -> PreparedData | None:
+        """The store on this host; else, with a shared storage that holds it, its shards copied into this
+        host's prepared dir (memory-mapped from there); else None."""
+        found = self.prepared.get(key)
+        if found is None and self.storage.fetch_dir(self.prepared.path(key), "prepared", key):
+            found = self.prepared.get(key)
         return found
 
     def _decode(self, source: Path, key: str, sha: str, image_size: tuple[int, int] | None, channels: int | None,
@@ -216,14 +231,16 @@ def run_preparation(art_id: str, key: str, settings: WorkerSettings | None = Non
         log.warning("preparation %s of %s: no record or no upload; dropping the message", key[:12], art_id)
         return "unknown"
     size = tuple(rec["image_size"]) if rec.get("image_size") else None
-    if store_key(art.get("sha256") or file_sha256(Path(art["path"])), size, rec.get("channels")) != key:  # type: ignore[arg-type]
+    if store_key(art["sha256"], size, rec.get("channels")) != key:  # type: ignore[arg-type]
         # the API computed the key with another store format (a worker of another version)
         preps.set(key, state=PrepState.ERROR.value, error="this worker keys prepared stores differently from the "
                   "API that asked; ask again once both run the same version", finished_at=now_iso())
         return PrepState.ERROR.value
-    preparer = LockedPreparer(PreparedStore(settings.prepared), preps, artifact=art_id, fmt=art.get("format"))
+    arts = ArtifactStore(settings.artifacts, Storage(settings.storage_url))
+    preparer = LockedPreparer(PreparedStore(settings.prepared), preps, artifact=art_id, fmt=art.get("format"),
+                              storage=arts.storage)
     try:
-        preparer.prepare(Path(art["path"]), image_size=size, channels=rec.get("channels"),  # type: ignore[arg-type]
+        preparer.prepare(arts.local_upload(art), image_size=size, channels=rec.get("channels"),  # type: ignore[arg-type]
                          source_sha256=art.get("sha256"))
     except Exception as e:  # recorded by the preparer; the Celery log gets it too
         log.warning("preparation %s of %s failed: %s", key[:12], art_id, e)
