@@ -132,7 +132,7 @@ class DatasetSpec(BaseModel):
         if not needs and self.artifact:
             raise ValueError(f"dataset {self.name!r} is built in; `artifact` is only for uploaded data (npz)")
         if (self.image_size is not None or self.channels is not None) and not DATASETS.get(self.name).meta.get(
-                "preparable"):
+                "resizable"):
             raise ValueError(f"`image_size` and `channels` apply to uploaded image folders (imagefolder); dataset "
                              f"{self.name!r} keeps its own format")
         return self

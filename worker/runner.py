@@ -15,7 +15,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,6 +41,8 @@ from worker.artifacts import ArtifactStore
 from worker.config import WorkerSettings, get_settings
 from worker.heartbeat import beat_while_busy
 from worker.lifecycle import TERMINAL, Lifecycle, Send, Status
+from worker.preparation import LockedPreparer, Preparations
+from worker.storage import Storage
 from worker.store import JobStore, now_iso
 
 log = logging.getLogger("distillery.worker")
@@ -98,7 +99,7 @@ def _teacher(store: JobStore, arts: ArtifactStore, t: TeacherSpec, tenant: str, 
         art = store.get_artifact(t.checkpoint or "", tenant)
         if art is None:
             raise JobError("teacher_unavailable", f"teacher artifact {t.checkpoint} not found")
-        path = Path(art["path"])
+        path = arts.local_upload(art)
         module = load_teacher(path, art["format"], architecture=t.architecture, kwargs=t.kwargs,
                               num_classes=info.num_classes, in_channels=channels, input_size=input_size,
                               device=device)
@@ -112,17 +113,18 @@ def _teacher(store: JobStore, arts: ArtifactStore, t: TeacherSpec, tenant: str, 
                    io=wrapped.identity())
 
 
-def _load_data(store: JobStore, spec: JobSpec, tenant: str, settings: WorkerSettings,
-               on_event: Callable[[str, dict[str, Any]], None]) -> Data:
+def _load_data(store: JobStore, arts: ArtifactStore, spec: JobSpec, tenant: str, settings: WorkerSettings,
+               on_event: Callable[[str, dict[str, Any]], None], should_stop: Callable[[], bool]) -> Data:
     """The job's dataset. An uploaded image folder is decoded once into the prepared-dataset store (a
-    visible `prepare` phase with progress events, skipped when an earlier job prepared the same upload)
+    visible `prepare` phase with progress events, skipped when an earlier job prepared the same upload;
+    under the store key's lock, so a job whose upload another worker is preparing waits and reuses it)
     and read from disk batch by batch; the small built-ins are loaded whole."""
     path, sha = None, None
     if spec.dataset.artifact:
         art = store.get_artifact(spec.dataset.artifact, tenant)
         if art is None:
             raise JobError("dataset_unavailable", f"dataset artifact {spec.dataset.artifact} not found")
-        path, sha = Path(art["path"]), art.get("sha256")
+        path, sha = arts.local_upload(art), art.get("sha256")
     last = [0.0]
 
     def on_progress(done: int, total: int) -> None:
@@ -131,7 +133,11 @@ def _load_data(store: JobStore, spec: JobSpec, tenant: str, settings: WorkerSett
             on_event("progress", {"phase": "prepare", "step": done, "steps": total,
                                   "fraction": round(done / max(1, total), 4)})
 
-    prepared = PreparedStore(settings.prepared)
+    prepared = LockedPreparer(PreparedStore(settings.prepared), Preparations(store, settings.lease_ttl_s),
+                              artifact=spec.dataset.artifact, fmt=spec.dataset.name, should_stop=should_stop,
+                              storage=arts.storage,
+                              on_wait=lambda: on_event("log", {"message": "another worker is preparing this "
+                                                               "dataset; waiting for it"}))
     t0 = time.monotonic()
     size = tuple(spec.dataset.image_size) if spec.dataset.image_size else None
     data = load_dataset(spec.dataset.name, settings.datasets, path, download=settings.allow_download,
@@ -151,7 +157,7 @@ def execute(job_id: str, settings: WorkerSettings | None = None, store: JobStore
     settings = settings or get_settings()
     store = store or JobStore.from_url(settings.redis)
     lifecycle = Lifecycle(store, send)
-    arts = ArtifactStore(settings.artifacts)
+    arts = ArtifactStore(settings.artifacts, Storage(settings.storage_url))
     rec = store.get_job(job_id)
     if rec is None:
         log.warning("job %s: no record; dropping the message", job_id)
@@ -212,7 +218,7 @@ def _run(job_id: str, rec: dict[str, Any], lifecycle: Lifecycle, arts: ArtifactS
     try:
         spec = JobSpec.model_validate(rec["spec"])
         device = resolve_device(spec.resources.device, settings.worker_device)
-        data = _load_data(store, spec, tenant, settings, on_event)
+        data = _load_data(store, arts, spec, tenant, settings, on_event, watcher.should_stop)
         teachers = [_teacher(store, arts, t, tenant, data.info, device, f"teacher {i}" if i else "teacher")
                     for i, t in enumerate(spec.teachers)]
         for t in teachers:  # before anything else runs: a teacher that cannot run fails as teacher_error now
@@ -267,6 +273,13 @@ def _run(job_id: str, rec: dict[str, Any], lifecycle: Lifecycle, arts: ArtifactS
             return Status.FAILED
         log.exception("job %s crashed", job_id)
         _fail(lifecycle, arts, job_id, "internal", f"{type(e).__name__}: {e}")
+        return Status.FAILED
+    try:
+        arts.publish_job(job_id)  # a shared storage holds the outputs before the job reads succeeded
+    except Exception as e:  # the outputs exist on this host only: no other host could download them
+        log.exception("job %s: publishing its outputs", job_id)
+        _fail(lifecycle, arts, job_id, "storage_unavailable", f"the job's outputs could not be written to the "
+              f"shared storage (KD_STORAGE_URL): {type(e).__name__}: {e}; submit the job again")
         return Status.FAILED
     store.set_fields(job_id, progress={**(store.get_job(job_id) or {}).get("progress", {}), "fraction": 1.0,
                                        "eta_s": 0})
