@@ -136,6 +136,6 @@ def test_a_foreign_teacher_distils_through_its_adapter(service: Stack, foreign: 
     # through the adapter the teacher scores on the service's 28x28 data as on its own 32x32 preprocessing
     assert rep["teacher"]["top1"] >= 0.95, rep["teacher"]
     assert abs(rep["teacher"]["top1"] - foreign["own_top1"]) <= 0.01
-    assert rep["teacher_cache"] in ("built", "hit"), rep.get("teacher_cache")
+    assert rep["teacher_cache"].split(" (")[0] in ("built", "hit"), rep.get("teacher_cache")
     # alpha 1.0: the student learnt from the teacher's soft targets alone
     assert rep["student"]["top1"] > 0.85 and rep["agreement"] > 0.85, (rep["student"], rep["agreement"])
