@@ -9,6 +9,7 @@ import secrets
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.errors import Problem
 from api.quotas import Quotas
@@ -48,7 +49,16 @@ async def get_quotas(request: Request) -> Quotas:
     return quotas
 
 
-async def get_tenant(request: Request) -> str:
+# Declares the scheme in the OpenAPI document (components.securitySchemes, and `security` on every operation
+# that needs a tenant), so Swagger UI's "Authorize" button sends the key. auto_error=False: a missing or
+# non-Bearer header is answered below, as a problem document, not by FastAPI's own 403.
+BEARER = HTTPBearer(auto_error=False, scheme_name="apiKey", bearerFormat="API key",
+                    description="An API key from KD_API_KEYS / KD_API_KEYS_FILE, sent as `Authorization: Bearer "
+                    "<key>`. Without keys configured the API is open to loopback connections and needs none.")
+
+
+async def get_tenant(request: Request,
+                     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> str:
     keys: dict[str, str] = request.app.state.keys
     if not keys:
         # Open mode. `distillery up/api` refuse to bind anything but loopback without keys; this holds
@@ -59,11 +69,10 @@ async def get_tenant(request: Request) -> str:
             raise Problem(403, f"this API has no keys (KD_API_KEYS or KD_API_KEYS_FILE), so it serves only "
                           f"connections to a loopback address, not to {local}")
         return "default"
-    auth = request.headers.get("authorization", "")
-    scheme, _, token = auth.partition(" ")
-    if scheme.lower() == "bearer" and token:
+    token = credentials.credentials.strip() if credentials is not None else ""
+    if token:
         for key, tenant in keys.items():
-            if secrets.compare_digest(key, token.strip()):
+            if secrets.compare_digest(key, token):
                 return tenant
     raise Problem(401, "missing or unknown API key: send `Authorization: Bearer <key>`",
                   headers={"WWW-Authenticate": "Bearer"})

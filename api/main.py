@@ -13,12 +13,13 @@ from fastapi import FastAPI
 from api import docs_ui, errors
 from api.body_limit import BodyLimit
 from api.reads import AsyncReads, async_client
-from api.routes import artifacts, catalog, chains, health, jobs, metrics, ui
+from api.routes import artifacts, catalog, chains, datasets, health, jobs, metrics, ui
 from api.settings import Settings, get_settings
 from api.timing import ServerTiming
 from worker.artifacts import ArtifactStore
 from worker.broker import Sender, make_celery
 from worker.lifecycle import Lifecycle
+from worker.storage import Storage
 from worker.store import JobStore
 
 log = logging.getLogger("distillery.api")
@@ -80,7 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.store = JobStore.from_url(settings.redis)
-    app.state.artifacts = ArtifactStore(settings.artifacts)
+    app.state.artifacts = ArtifactStore(settings.artifacts, Storage(settings.storage_url))
     app.state.celery = make_celery(settings)
     app.state.lifecycle = Lifecycle(app.state.store, Sender(app.state.celery))
     app.state.keys = settings.tenants_by_key()
@@ -88,7 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     docs_ui.install(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(ServerTiming)
-    for module in (health, catalog, artifacts, jobs, chains, metrics, ui):
+    for module in (health, catalog, artifacts, datasets, jobs, chains, metrics, ui):
         app.include_router(module.router)
     metrics.install(app, app.state.store)  # last: its latency middleware is the outermost
     return app

@@ -14,7 +14,7 @@ from kdcore.checkpoints import DATASET_FORMATS, inspect_upload
 from kdcore.datasets import DatasetInfo, dataset_info
 from kdcore.errors import CheckpointError, DatasetError
 from kdcore.methods import METHODS
-from kdcore.spec import JobSpec, semantic_errors
+from kdcore.spec import JobSpec, semantic_errors, teacher_input_errors
 from worker.artifacts import ArtifactStore
 from worker.lifecycle import Lifecycle, SendFailed, Status
 from worker.queues import queue_for
@@ -63,6 +63,16 @@ def pending_teacher_jobs(spec: JobSpec, tenant: str, store: JobStore) -> list[st
         if rec is not None and rec["status"] != Status.SUCCEEDED:
             out.append(rec["id"])
     return out
+
+
+def _teacher_takes(meta: dict) -> list[int | None] | None:
+    """The per-sample input [C, H, W] an upload recorded (None where not fixed), or None when unknown:
+    the program's input constraints, or the input shape of older records and of state dicts."""
+    recorded = (meta.get("input") or {}).get("shape")
+    if recorded and len(recorded) == 3:
+        return list(recorded)
+    shape = meta.get("input_shape")
+    return list(shape[1:]) if shape and len(shape) == 4 else None
 
 
 def check_submission(spec: JobSpec, tenant: str, store: JobStore, artifacts: ArtifactStore) -> None:
@@ -123,11 +133,9 @@ def check_submission(spec: JobSpec, tenant: str, store: JobStore, artifacts: Art
                 errors.append({"loc": [*base, "checkpoint"], "msg": f"method {spec.distillation.method!r} needs "
                                "intermediate features, which an ONNX teacher cannot give; use a .pt2 or state dict"})
             outputs = meta.get("num_outputs")
-            shape = meta.get("input_shape")
-            if info is not None and shape and len(shape) == 4 and all(isinstance(d, int) for d in shape[1:]) \
-                    and tuple(shape[1:]) != info.input_shape:
-                errors.append({"loc": [*base, "checkpoint"], "msg": f"teacher takes input {tuple(shape[1:])} but "
-                               f"dataset {info.name} gives {info.input_shape}"})
+            if info is not None:  # what the teacher takes against what the dataset gives through teacher.input
+                errors += [{"loc": [*base, *loc], "msg": msg} for loc, msg in
+                           teacher_input_errors(t, _teacher_takes(meta), info.name, info.input_shape)]
         if info is not None and outputs is not None and outputs != info.num_classes:
             field = "job" if t.job is not None else "checkpoint"
             errors.append({"loc": [*base, field], "msg": f"teacher outputs {outputs} classes but dataset "

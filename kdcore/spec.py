@@ -27,6 +27,35 @@ def _known(registry: Any, name: str) -> str:
     return name
 
 
+class TeacherInput(BaseModel):
+    """What this teacher takes, when it is not the dataset's own input: the adapter from the dataset's
+    pixels (scaled to [0, 1], after the dataset's own resizing) to the teacher's input. Applied in the
+    teacher path only; the student keeps the dataset's input."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"size": [32, 32], "mean": [0.5], "std": [0.5]}, {"channels": 3, "size": [224, 224],
+                      "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}]})
+
+    size: tuple[Annotated[int, Field(ge=1, le=4096)], Annotated[int, Field(ge=1, le=4096)]] | None = Field(
+        None, description="[H, W] the teacher takes; the images are resized bilinearly (antialiased when "
+        "shrinking). Default: the dataset's size")
+    mean: list[float] | None = Field(None, min_length=1, max_length=3, description="the teacher's "
+                                     "normalization, per channel (one value: every channel): x = (pixel - mean) "
+                                     "/ std on pixels in [0, 1]. Default (with std): the dataset's own")
+    std: list[Annotated[float, Field(gt=0)]] | None = Field(None, min_length=1, max_length=3,
+                                                            description="see mean; given together with it")
+    channels: Literal[1, 3] | None = Field(None, description="channels the teacher takes: 1 -> 3 repeats the "
+                                           "grey channel, 3 -> 1 takes the luminance (ITU-R BT.601). Default: "
+                                           "the dataset's")
+
+    @model_validator(mode="after")
+    def _mean_with_std(self) -> TeacherInput:
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give `mean` and `std` together (the teacher's normalization); leave both out to "
+                             "keep the dataset's")
+        return self
+
+
 class TeacherSpec(BaseModel):
     """One teacher: an uploaded checkpoint, or the student of an earlier job."""
 
@@ -43,6 +72,11 @@ class TeacherSpec(BaseModel):
                                    "input channels default to the dataset's")
     weight: float = Field(1.0, gt=0, le=1000, description="with several teachers: this one's share of the "
                           "averaged soft targets (weights are normalized to sum to 1)")
+    input: TeacherInput | None = Field(None, description="what this teacher takes when it differs from the "
+                                       "dataset's input (size, normalization, channels); see docs/spec.md")
+    outputs: Literal["logits", "log_probs", "probs"] = Field(
+        "logits", description="what the teacher's last layer gives: logits, log-probabilities (a model ending "
+        "in log_softmax) or probabilities (ending in softmax; turned into log-probabilities in float32)")
 
     @field_validator("architecture")
     @classmethod
@@ -98,7 +132,7 @@ class DatasetSpec(BaseModel):
         if not needs and self.artifact:
             raise ValueError(f"dataset {self.name!r} is built in; `artifact` is only for uploaded data (npz)")
         if (self.image_size is not None or self.channels is not None) and not DATASETS.get(self.name).meta.get(
-                "preparable"):
+                "resizable"):
             raise ValueError(f"`image_size` and `channels` apply to uploaded image folders (imagefolder); dataset "
                              f"{self.name!r} keeps its own format")
         return self
@@ -277,4 +311,38 @@ def semantic_errors(spec: JobSpec, num_classes: int, in_channels: int) -> list[t
             errors += [((*loc, *err["loc"]), err["msg"]) for err in e.errors]
         except ValueError as e:
             errors.append((loc, str(e)))
+    return errors
+
+
+def teacher_input_errors(t: TeacherSpec, takes: list[int | None] | None, dataset: str,
+                         gives: tuple[int, int, int]) -> list[tuple[tuple[str | int, ...], str]]:
+    """What stops this teacher from taking the dataset's input through its `input` adapter, from what the
+    teacher takes (per-sample [C, H, W] as its upload recorded it, None where not fixed) and what the
+    dataset gives. (loc, msg) pairs, loc relative to the teacher (e.g. ("input", "size")); each message
+    says what the teacher takes, what the dataset gives and what to set."""
+    adapter = t.input or TeacherInput()
+    c_a = adapter.channels or gives[0]
+    size_a = tuple(adapter.size) if adapter.size else gives[1:]
+    shown = f"dataset {dataset} gives {gives}"
+    if (c_a, *size_a) != gives:
+        shown += f", which teacher.input makes {(c_a, *size_a)}"
+    errors: list[tuple[tuple[str | int, ...], str]] = []
+    c_t = takes[0] if takes and len(takes) == 3 else None
+    if takes and len(takes) == 3:
+        wanted = tuple(takes)
+        if c_t is not None and c_t != c_a:
+            fix = (f"set teacher.input.channels: {c_t}" if c_t in (1, 3) else
+                   "teacher.input.channels converts only between 1 and 3 channels, so it cannot feed this teacher")
+            errors.append((("input", "channels"), f"teacher takes input {wanted} but {shown}; {fix}"))
+        h_t, w_t = takes[1], takes[2]
+        if (h_t is not None and h_t != size_a[0]) or (w_t is not None and w_t != size_a[1]):
+            want = [h_t if h_t is not None else size_a[0], w_t if w_t is not None else size_a[1]]
+            errors.append((("input", "size"), f"teacher takes input {wanted} but {shown}; set teacher.input.size: "
+                           f"{want}"))
+    channels = c_t or c_a
+    for name in ("mean", "std"):
+        values = getattr(adapter, name)
+        if values is not None and len(values) not in (1, channels):
+            errors.append((("input", name), f"has {len(values)} values but the teacher takes {channels} "
+                           f"channel{'s' if channels > 1 else ''}; give one value per channel, or one for all"))
     return errors

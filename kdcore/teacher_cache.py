@@ -7,11 +7,18 @@ batch's rows from the result (`TeacherOutput.index`) instead of running the teac
 
 Entries are content-addressed: the key hashes the teachers' checksums (the uploaded file's sha256, or a
 digest of the weights), the exact input tensor (so the dataset, its normalization and the transform are
-all in it), the layers whose features are kept, the precision and the device type. Several jobs on the
+all in it), the layers whose features are kept, the logits' format (kdcore.logit_pack), the precision and
+the device type. Several jobs on the
 same teacher and data (a sweep over T, alpha or students) therefore share one entry. An entry is one
 safetensors file (no pickle on load), written to a temporary name and renamed, so a crash or two workers
 building the same entry never leave a half-written file under the real name. Deleting the cache
 directory at any time is safe: entries are rebuilt on demand.
+
+The byte budget (`max_bytes`, handed in by the worker from its settings) holds the train split's outputs
+as the job keeps them in memory and on disk: the features a method compares first (they are kept exact),
+then the logits in the first format that fits what is left: fp32, bf16, or top-k logits plus the rest's
+mass for many classes (kdcore.logit_pack). When none fits, the teacher runs at every step and the report
+says which limit it hit; the report's `teacher_cache` names the format taken (`built (bf16 logits)`).
 
 Also here: `Teacher`, a frozen teacher with the identity its cache entries are keyed by, and the two
 questions the training loop asks (`train_outputs`: the train split's outputs for a phase, or why
@@ -29,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -36,15 +44,17 @@ from kdcore.datasets.base import Split
 from kdcore.digests import tensor_digest
 from kdcore.errors import Cancelled
 from kdcore.hardware import autocast, infer_batch_size
+from kdcore.logit_pack import FP32, LogitPack, LogitsFormat, choose_format, parse_format
 from kdcore.methods import Distiller, TeacherOutput
 
-FORMAT = "kdcore-teacher-cache/1"
+FORMAT = "kdcore-teacher-cache/2"
 DEFAULT_MAX_BYTES = 2 * 1024**3  # features of a whole split above this stay per step (teacher runs each step)
 _LOGITS = "logits"
 _FEATURE = "feature:"
 
-# The statuses a job's report names (report["teacher_cache"]).
-BUILT, HIT, MEMORY = "built", "hit", "built (not stored: no cache dir)"
+# The statuses a job's report names (report["teacher_cache"]): BUILT and HIT followed by the logits' format in
+# parentheses, e.g. "built (fp32 logits)", "hit (top-20 of 1000 logits + rest mass)".
+BUILT, HIT, NOT_STORED = "built", "hit", "not stored: no cache dir"
 OFF_AUGMENT, OFF_FEATURES, OFF_DISABLED = "off (augmentation)", "off (features too large)", "off (disabled)"
 OFF_LOGITS = "off (logits too large)"
 
@@ -66,9 +76,9 @@ def module_signature(module: nn.Module) -> str:
 
 
 def cache_key(teacher_ids: list[str], data_digest: str, layers: list[str], precision: str, device_type: str,
-              transform: str = "none") -> str:
+              transform: str = "none", logits: str = "fp32") -> str:
     parts = {"format": FORMAT, "teachers": teacher_ids, "data": data_digest, "transform": transform,
-             "layers": sorted(layers), "precision": precision, "device": device_type}
+             "layers": sorted(layers), "precision": precision, "device": device_type, "logits": logits}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -82,23 +92,39 @@ class CacheResult:
     key: str | None = None
 
 
-def output_bytes_per_sample(distiller: Distiller, x: Split, device: torch.device,
-                            precision: str) -> tuple[int, int]:
-    """(logit bytes, feature bytes) per sample as the cache holds them: every teacher's logits in float32,
-    and the features the method compares; from one teacher forward on two samples."""
+class PackedOutput(TeacherOutput):
+    """Teacher outputs whose logits are held compactly (bf16, or top-k + rest mass): `index` reads a batch
+    back as float32 logits [K, B, C]. `logits` is the packed tensor as held; read rows through `index`."""
+
+    def __init__(self, pack: LogitPack, features: dict[str, torch.Tensor]):
+        super().__init__(next(iter(pack.tensors.values())), features)
+        self.pack = pack
+
+    def index(self, idx: torch.Tensor) -> TeacherOutput:
+        return TeacherOutput(self.pack.rows(idx), {k: v[idx] for k, v in self.features.items()})
+
+
+def output_shape(distiller: Distiller, x: Split, device: torch.device, precision: str) -> tuple[int, int, int, int]:
+    """(teachers K, classes C, feature bytes per sample, logits' dimensions) as the cache would hold them;
+    from one teacher forward on two samples."""
     with torch.inference_mode(), autocast(device, precision):
         out = distiller.teacher_forward(x.head(2))
     features = sum(v[0].numel() * v.element_size() for v in out.features.values())
-    return int(out.logits.shape[0] * out.logits[0, 0].numel() * 4), features
+    return int(out.logits.shape[0]), int(out.logits[0, 0].numel()), int(features), int(out.logits.ndim)
+
+
+def _wrap(pack: LogitPack, features: dict[str, torch.Tensor]) -> TeacherOutput:
+    return TeacherOutput(pack.tensors["logits"], features) if pack.fmt == FP32 else PackedOutput(pack, features)
 
 
 def compute_outputs(distiller: Distiller, x: Split, device: torch.device, precision: str,
                     batch_size: int | None = None, with_features: bool = True,
-                    should_stop: Callable[[], bool] = lambda: False) -> TeacherOutput:
-    """The teachers' outputs for all of the split x, in large batches, written into preallocated tensors."""
+                    should_stop: Callable[[], bool] = lambda: False, fmt: LogitsFormat = FP32) -> TeacherOutput:
+    """The teachers' outputs for all of the split x, in large batches, written into preallocated tensors
+    (the logits in `fmt`, batch by batch: the full fp32 logits of the split are never held)."""
     n = len(x)
     bs = batch_size or infer_batch_size(int(x.head(1)[0].numel()) if n else 1, device)
-    logits: torch.Tensor | None = None
+    pack: LogitPack | None = None
     feats: dict[str, torch.Tensor] = {}
     with torch.inference_mode(), autocast(device, precision):
         for i, xb in zip(range(0, n, bs), x.chunks(bs), strict=True):
@@ -110,19 +136,20 @@ def compute_outputs(distiller: Distiller, x: Split, device: torch.device, precis
                 out = distiller.teacher_forward(xb)
             else:
                 out = TeacherOutput(distiller.teacher_forward_logits(xb))
-            if logits is None:
+            if pack is None:
+                if out.logits.ndim != 3 and fmt != FP32:
+                    raise ValueError(f"logits of shape {tuple(out.logits.shape)} can only be cached as fp32")
                 # normal tensors (not inference tensors), so autograd may save them later as loss targets
                 with torch.inference_mode(False):
-                    logits = torch.empty((out.logits.shape[0], n, *out.logits.shape[2:]), dtype=out.logits.dtype,
-                                         device=out.logits.device)
+                    pack = LogitPack.empty(fmt, out.logits.shape[0], n, out.logits.shape[-1], out.logits.device)
                     feats = {k: torch.empty((n, *v.shape[1:]), dtype=v.dtype, device=v.device)
                              for k, v in out.features.items()}
-            logits[:, i:i + xb.shape[0]] = out.logits
+            pack.put(i, out.logits)
             for k, v in out.features.items():
                 feats[k][i:i + xb.shape[0]] = v
-    if logits is None:
+    if pack is None:
         raise ValueError("no samples to run the teacher on")
-    return TeacherOutput(logits, feats)
+    return _wrap(pack, feats)
 
 
 class TeacherCache:
@@ -135,26 +162,31 @@ class TeacherCache:
     def path(self, key: str) -> Path | None:
         return None if self.root is None else self.root / "teacher" / key[:2] / f"{key}.safetensors"
 
-    def load(self, key: str, device: torch.device, n: int, layers: list[str]) -> TeacherOutput | None:
+    def load(self, key: str, device: torch.device, n: int, layers: list[str],
+             fmt: LogitsFormat = FP32) -> TeacherOutput | None:
         path = self.path(key)
         if path is None or not path.is_file():
             return None
         try:
             tensors = load_file(str(path), device=str(device))
+            with safe_open(str(path), "pt") as f:  # the classes count (top-k holds fewer columns than that)
+                meta = f.metadata() or {}
         except Exception:  # unreadable (a foreign or damaged file): rebuild it
             return None
-        logits = tensors.pop(_LOGITS, None)
-        feats = {k[len(_FEATURE):]: v for k, v in tensors.items() if k.startswith(_FEATURE)}
-        if logits is None or logits.ndim < 2 or logits.shape[1] != n or sorted(feats) != sorted(layers):
+        feats = {k[len(_FEATURE):]: tensors.pop(k) for k in list(tensors) if k.startswith(_FEATURE)}
+        classes = int(meta.get("classes") or 0)
+        pack = LogitPack.from_tensors(fmt, tensors, classes) if parse_format(meta.get("logits", "")) == fmt else None
+        if pack is None or classes < 1 or len(pack) != n or sorted(feats) != sorted(layers):
             return None
-        return TeacherOutput(logits, feats)
+        return _wrap(pack, feats)
 
     def store(self, key: str, out: TeacherOutput, meta: dict[str, str]) -> None:
         path = self.path(key)
         if path is None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {_LOGITS: out.logits.detach().cpu().contiguous()}
+        pack = out.pack.tensors if isinstance(out, PackedOutput) else {_LOGITS: out.logits}
+        tensors = {k: v.detach().cpu().contiguous() for k, v in pack.items()}
         tensors.update({_FEATURE + k: v.detach().cpu().contiguous() for k, v in out.features.items()})
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
         os.close(fd)
@@ -171,21 +203,33 @@ class TeacherCache:
         """The teachers' outputs over all of the split x: loaded when an entry exists, else computed (and stored)."""
         t0 = time.perf_counter()
         layers = distiller.teacher_layers() if with_features else []
+        fmt: LogitsFormat = FP32  # the test split (scoring the teacher) keeps exact logits
+        classes = 0
         if with_features:  # the train split, held for the whole phase: within the byte budget, or not at all
-            logit_bytes, feature_bytes = (n * len(x) for n in output_bytes_per_sample(distiller, x, device, precision))
-            if logit_bytes > self.max_bytes:
-                return CacheResult(None, OFF_LOGITS, time.perf_counter() - t0)
-            if logit_bytes + feature_bytes > self.max_bytes:
-                return CacheResult(None, OFF_FEATURES, time.perf_counter() - t0)
+            teachers, classes, feature_bytes, ndim = output_shape(distiller, x, device, precision)
+            rows, room = teachers * len(x), self.max_bytes - feature_bytes * len(x)
+            chosen = choose_format(rows, classes, room, topk_allowed=ndim == 3) if room >= 0 else None
+            if chosen is None:  # the features are to blame when the logits alone would have fitted
+                alone = feature_bytes and choose_format(rows, classes, self.max_bytes, topk_allowed=ndim == 3)
+                return CacheResult(None, OFF_FEATURES if alone else OFF_LOGITS, time.perf_counter() - t0)
+            fmt = chosen
         digest = data_digest or x.digest()
-        key = cache_key(teacher_ids, digest, layers, precision, device.type, transform)
-        out = self.load(key, device, len(x), layers)
+        key = cache_key(teacher_ids, digest, layers, precision, device.type, transform, fmt.name)
+        out = self.load(key, device, len(x), layers, fmt)
         if out is not None:
-            return CacheResult(out, HIT, time.perf_counter() - t0, key)
-        out = compute_outputs(distiller, x, device, precision, with_features=with_features, should_stop=should_stop)
+            return CacheResult(out, _status(HIT, fmt, classes), time.perf_counter() - t0, key)
+        out = compute_outputs(distiller, x, device, precision, with_features=with_features, should_stop=should_stop,
+                              fmt=fmt)
+        classes = classes or int(out.logits.shape[-1])
         self.store(key, out, {"teachers": json.dumps(teacher_ids), "data": digest, "layers": json.dumps(layers),
-                              "precision": precision, "device": device.type, "transform": transform})
-        return CacheResult(out, BUILT if self.root is not None else MEMORY, time.perf_counter() - t0, key)
+                              "precision": precision, "device": device.type, "transform": transform,
+                              "logits": fmt.name, "classes": str(classes)})
+        status = _status(BUILT, fmt, classes, "" if self.root is not None else NOT_STORED)
+        return CacheResult(out, status, time.perf_counter() - t0, key)
+
+
+def _status(word: str, fmt: LogitsFormat, classes: int, note: str = "") -> str:
+    return f"{word} ({fmt.describe(classes)}{'; ' + note if note else ''})"
 
 
 @dataclass
@@ -199,11 +243,15 @@ class Teacher:
     # sha256 of the file the weights came from (upload or earlier job's student): names the teacher in the
     # teacher-output cache key; without it the weights themselves are hashed
     checksum: str | None = None
+    # what the teacher path does to the teacher's input and outputs (teacher.input, teacher.outputs:
+    # kdcore.teacher_io.TeacherIO.identity); "" for nothing. Part of the identity: other input, other outputs
+    io: str = ""
 
     def cache_id(self) -> str | None:
-        """Identity for the teacher-output cache: checksum (or weight digest) plus architecture signature;
-        None for a module with no checksum and no weights to hash (its outputs are cached for one job only)."""
-        sig = module_signature(self.module)
+        """Identity for the teacher-output cache: checksum (or weight digest) plus architecture signature
+        (plus `io` when set); None for a module with no checksum and no weights to hash (its outputs are
+        cached for one job only)."""
+        sig = module_signature(self.module) + (f":io={self.io}" if self.io else "")
         if self.checksum:
             return f"{self.checksum}:{sig}"
         if not any(isinstance(t, torch.Tensor) for t in self.module.state_dict().values()):

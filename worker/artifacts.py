@@ -1,4 +1,6 @@
-"""The artifact store: files on a directory shared by the API and every worker.
+"""The artifact store: uploads and job outputs, on a local directory (by default shared by the API and every
+worker) and, when a shared storage is configured (worker/storage.py, KD_STORAGE_URL), published there and
+fetched back on first use by any host.
 
 Uploads live under uploads/<id><ext> and job outputs under jobs/<job id>/<name>; paths are always
 built from ids we generated and a fixed list of output names, never from what a client sent.
@@ -8,6 +10,9 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
+from typing import Any
+
+from worker.storage import Storage
 
 # What a finished job offers for download, with the media type each is served as.
 JOB_OUTPUTS = {
@@ -32,13 +37,35 @@ def output_media_type(name: str) -> str | None:
 
 
 class ArtifactStore:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, storage: Storage | None = None):
         self.root = Path(root)
+        self.storage = storage or Storage()
 
     def upload_path(self, art_id: str, ext: str) -> Path:
         d = self.root / "uploads"
         d.mkdir(parents=True, exist_ok=True)
         return d / f"{art_id}{ext}"
+
+    def publish_upload(self, path: Path) -> None:
+        """Puts an upload that passed its checks into the shared storage (before its record is written)."""
+        self.storage.publish(path, "uploads", path.name)
+
+    def local_upload(self, art: dict[str, Any]) -> Path:
+        """The upload's file on this host: where the API wrote it when this host sees that folder, else fetched
+        from the shared storage into this host's uploads/ (its path as recorded otherwise: the caller's
+        missing-file error names it)."""
+        recorded = Path(art["path"])
+        if recorded.exists() or not self.storage.shared:
+            return recorded
+        local = self.root / "uploads" / recorded.name
+        return local if self.storage.fetch(local, "uploads", recorded.name) else recorded
+
+    def publish_job(self, job_id: str) -> None:
+        """Puts a finished job's outputs (those a client may download) into the shared storage."""
+        d = self.job_dir(job_id)
+        for f in sorted(d.iterdir()) if self.storage.shared and d.is_dir() else []:
+            if f.is_file() and output_media_type(f.name) is not None:
+                self.storage.publish(f, "jobs", job_id, f.name)
 
     def job_dir(self, job_id: str) -> Path:
         return self.root / "jobs" / job_id
@@ -48,7 +75,7 @@ class ArtifactStore:
         if output_media_type(name) is None:
             return None
         p = self.job_dir(job_id) / name
-        return p if p.is_file() else None
+        return p if p.is_file() or self.storage.fetch(p, "jobs", job_id, name) else None
 
     def drop_job_scratch(self, job_id: str) -> None:
         """Removes what only a resume needs (the epoch checkpoint, kdcore.train.CHECKPOINT) once the job has ended."""
@@ -57,3 +84,4 @@ class ArtifactStore:
 
     def remove_job(self, job_id: str) -> None:
         shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+        self.storage.remove("jobs", job_id)

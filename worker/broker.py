@@ -16,7 +16,7 @@ from celery import Celery
 from kombu import Queue as KombuQueue
 
 from worker.config import WorkerSettings
-from worker.queues import QUEUES, RUN_JOB, Queue
+from worker.queues import PREPARE_DATASET, QUEUES, RUN_JOB, Queue
 
 
 def make_celery(settings: WorkerSettings, include: Sequence[str] = ()) -> Celery:
@@ -50,3 +50,7 @@ class Sender:
 
     def __call__(self, job_id: str, queue: str) -> None:
         self.app.send_task(RUN_JOB, args=[job_id], queue=str(queue))
+
+    def prepare(self, art_id: str, store_key: str, queue: str) -> None:
+        """Asks a worker to prepare upload `art_id` into prepared store `store_key` (worker/preparation.py)."""
+        self.app.send_task(PREPARE_DATASET, args=[art_id, store_key], queue=str(queue))

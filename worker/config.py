@@ -29,8 +29,9 @@ class WorkerSettings(BaseSettings):
     cache_dir: Path | None = Field(None, description="teacher outputs kept for later jobs on the same teacher and "
                                    "data (kdcore.teacher_cache); default <data_dir>/cache; safe to delete any time")
     teacher_cache_max_bytes: int = Field(2 * 1024**3, ge=0, description="largest teacher-output cache per job "
-                                         "(logits and features of the train split, bytes); above it the teacher "
-                                         "runs at every step and the report says which limit it hit")
+                                         "(logits and features of the train split, bytes): logits kept as fp32, "
+                                         "else bf16, else top-k + rest mass (many classes), else the teacher "
+                                         "runs at every step; the report names the path taken")
     lease_ttl_s: int = Field(60, ge=5, description="a job's lease lapses this long after its worker died")
     visibility_timeout_s: int = Field(7 * 24 * 3600, ge=60, description="broker re-delivery of unacked messages; "
                                       "longer than the longest job")
@@ -40,6 +41,11 @@ class WorkerSettings(BaseSettings):
                                   "lost its API process; a worker's sweep sends it")
     worker_device: str | None = Field(None, description="the device this worker trains on, e.g. cuda:1; set by "
                                       "`distillery worker --device`. Unset: cuda when there is one, else cpu")
+    storage_url: str | None = Field(None, description="shared storage for uploads, job outputs and prepared "
+                                    "datasets, any fsspec URL (file:///mnt/shared/kd, s3://bucket/kd with s3fs); "
+                                    "unset: the local artifact and prepared dirs are the storage. Set, each host "
+                                    "copies what it reads into its local dirs (the prepared shards memory-mapped "
+                                    "there) and publishes what it writes")
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per job; unset: the CPUs "
                                       "this process may use (affinity and cgroup quota)")
     webhook_allow_hosts: str = Field("", description="where job webhooks (`notify.url`) may go: comma-separated "

@@ -20,6 +20,9 @@ heartbeat and the API's quotas and reads build their keys here and nowhere else.
   stats:jobs            hash: "status|queue" -> jobs in that status (kept by every status change; /metrics)
   stats:durations       hash: run-time histogram of ended jobs, "status|bucket", "status|sum" (/metrics)
   cpu, gpu              the broker's queue lists (kombu's Redis transport names them after the queue)
+  prepared:{key}        hash: the state of prepared store {key} (worker/preparation.py)
+  prepare_lock:{key}    token of the worker preparing store {key} (SET NX with expiry, renewed while it works)
+  artifact:{id}:prepared  set: the prepared-store keys asked for, or prepared from, upload {id}
 """
 from __future__ import annotations
 
@@ -75,3 +78,15 @@ def tenant(tenant_name: str, what: str) -> str:
 def broker_queue(queue: str) -> str:
     """The list kombu's Redis transport keeps a queue's waiting messages in (its name is the queue's)."""
     return queue
+
+
+def prepared(store_key: str) -> str:
+    return f"{PREFIX}prepared:{store_key}"
+
+
+def prepare_lock(store_key: str) -> str:
+    return f"{PREFIX}prepare_lock:{store_key}"
+
+
+def artifact_prepared(art_id: str) -> str:
+    return f"{PREFIX}artifact:{art_id}:prepared"

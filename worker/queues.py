@@ -12,7 +12,8 @@ class Queue(StrEnum):
 
 
 QUEUES: tuple[str, ...] = tuple(q.value for q in Queue)
-RUN_JOB = "distillery.run_job"  # the one task name: its message carries only the job id
+RUN_JOB = "distillery.run_job"  # a job's task: its message carries only the job id
+PREPARE_DATASET = "distillery.prepare_dataset"  # POST /v1/datasets/{id}/prepare: upload id and store key
 
 
 def queue_for(device: str, live_worker_queues: Iterable[Iterable[str]]) -> Queue:
@@ -21,3 +22,10 @@ def queue_for(device: str, live_worker_queues: Iterable[Iterable[str]]) -> Queue
     if device != "auto":
         return Queue.GPU if device == "cuda" else Queue.CPU
     return Queue.GPU if any(Queue.GPU in qs for qs in live_worker_queues) else Queue.CPU
+
+
+def prepare_queue(live_worker_queues: Iterable[Iterable[str]]) -> Queue:
+    """Where a dataset preparation goes: decoding is CPU work, so the CPU queue when some live worker serves
+    it; else the GPU queue when some worker serves that (its host's CPUs decode); else the CPU queue."""
+    served = {q for qs in live_worker_queues for q in qs}
+    return Queue.GPU if Queue.CPU not in served and Queue.GPU in served else Queue.CPU

@@ -15,7 +15,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,12 +34,15 @@ from kdcore.errors import (
 from kdcore.export_phase import run_export
 from kdcore.hardware import resolve_device
 from kdcore.oom import with_oom_retry
-from kdcore.spec import JobSpec, TeacherSpec
+from kdcore.spec import JobSpec, TeacherInput, TeacherSpec
+from kdcore.teacher_io import TeacherIO, dry_run
 from kdcore.train import CHECKPOINT, Teacher, run
 from worker.artifacts import ArtifactStore
 from worker.config import WorkerSettings, get_settings
 from worker.heartbeat import beat_while_busy
 from worker.lifecycle import TERMINAL, Lifecycle, Send, Status
+from worker.preparation import LockedPreparer, Preparations
+from worker.storage import Storage
 from worker.store import JobStore, now_iso
 
 log = logging.getLogger("distillery.worker")
@@ -78,6 +80,10 @@ class _Watcher(threading.Thread):
 
 def _teacher(store: JobStore, arts: ArtifactStore, t: TeacherSpec, tenant: str, info: DatasetInfo,
              device: torch.device, label: str) -> Teacher:
+    # a registry architecture is built for what its adapter (teacher.input) gives it, not the dataset's input
+    takes = t.input or TeacherInput()
+    channels = takes.channels or info.in_channels
+    input_size: tuple[int, int] = (int(takes.size[0]), int(takes.size[1])) if takes.size else info.image_size
     if t.job is not None:
         rec = store.get_job(t.job, tenant)
         path = arts.job_output(t.job, "student.safetensors") if rec else None
@@ -85,7 +91,7 @@ def _teacher(store: JobStore, arts: ArtifactStore, t: TeacherSpec, tenant: str, 
             raise JobError("teacher_unavailable", f"teacher job {t.job} has no student (status "
                            f"{rec['status'] if rec else 'unknown'})")
         module = load_teacher(path, "safetensors", architecture=None, kwargs={}, num_classes=info.num_classes,
-                              in_channels=info.in_channels, input_size=info.image_size, device=device)
+                              in_channels=channels, input_size=input_size, device=device)
         size = path.stat().st_size
         params = (rec.get("report") or {}).get("student", {}).get("params")
         checksum = file_sha256(path)
@@ -93,29 +99,32 @@ def _teacher(store: JobStore, arts: ArtifactStore, t: TeacherSpec, tenant: str, 
         art = store.get_artifact(t.checkpoint or "", tenant)
         if art is None:
             raise JobError("teacher_unavailable", f"teacher artifact {t.checkpoint} not found")
-        path = Path(art["path"])
+        path = arts.local_upload(art)
         module = load_teacher(path, art["format"], architecture=t.architecture, kwargs=t.kwargs,
-                              num_classes=info.num_classes, in_channels=info.in_channels,
-                              input_size=info.image_size, device=device)
+                              num_classes=info.num_classes, in_channels=channels, input_size=input_size,
+                              device=device)
         size = int(art["size"])
         params = (art.get("meta") or {}).get("params")
         checksum = art.get("sha256") or file_sha256(path)
     if params is None:
         params = sum(p.numel() for p in module.parameters()) or None
-    return Teacher(module=module, params=params, size_bytes=size, label=label, checksum=checksum)
+    wrapped = TeacherIO(module, info, t.input, t.outputs, label).to(device)
+    return Teacher(module=wrapped, params=params, size_bytes=size, label=label, checksum=checksum,
+                   io=wrapped.identity())
 
 
-def _load_data(store: JobStore, spec: JobSpec, tenant: str, settings: WorkerSettings,
-               on_event: Callable[[str, dict[str, Any]], None]) -> Data:
+def _load_data(store: JobStore, arts: ArtifactStore, spec: JobSpec, tenant: str, settings: WorkerSettings,
+               on_event: Callable[[str, dict[str, Any]], None], should_stop: Callable[[], bool]) -> Data:
     """The job's dataset. An uploaded image folder is decoded once into the prepared-dataset store (a
-    visible `prepare` phase with progress events, skipped when an earlier job prepared the same upload)
+    visible `prepare` phase with progress events, skipped when an earlier job prepared the same upload;
+    under the store key's lock, so a job whose upload another worker is preparing waits and reuses it)
     and read from disk batch by batch; the small built-ins are loaded whole."""
     path, sha = None, None
     if spec.dataset.artifact:
         art = store.get_artifact(spec.dataset.artifact, tenant)
         if art is None:
             raise JobError("dataset_unavailable", f"dataset artifact {spec.dataset.artifact} not found")
-        path, sha = Path(art["path"]), art.get("sha256")
+        path, sha = arts.local_upload(art), art.get("sha256")
     last = [0.0]
 
     def on_progress(done: int, total: int) -> None:
@@ -124,7 +133,11 @@ def _load_data(store: JobStore, spec: JobSpec, tenant: str, settings: WorkerSett
             on_event("progress", {"phase": "prepare", "step": done, "steps": total,
                                   "fraction": round(done / max(1, total), 4)})
 
-    prepared = PreparedStore(settings.prepared)
+    prepared = LockedPreparer(PreparedStore(settings.prepared), Preparations(store, settings.lease_ttl_s),
+                              artifact=spec.dataset.artifact, fmt=spec.dataset.name, should_stop=should_stop,
+                              storage=arts.storage,
+                              on_wait=lambda: on_event("log", {"message": "another worker is preparing this "
+                                                               "dataset; waiting for it"}))
     t0 = time.monotonic()
     size = tuple(spec.dataset.image_size) if spec.dataset.image_size else None
     data = load_dataset(spec.dataset.name, settings.datasets, path, download=settings.allow_download,
@@ -144,7 +157,7 @@ def execute(job_id: str, settings: WorkerSettings | None = None, store: JobStore
     settings = settings or get_settings()
     store = store or JobStore.from_url(settings.redis)
     lifecycle = Lifecycle(store, send)
-    arts = ArtifactStore(settings.artifacts)
+    arts = ArtifactStore(settings.artifacts, Storage(settings.storage_url))
     rec = store.get_job(job_id)
     if rec is None:
         log.warning("job %s: no record; dropping the message", job_id)
@@ -205,9 +218,13 @@ def _run(job_id: str, rec: dict[str, Any], lifecycle: Lifecycle, arts: ArtifactS
     try:
         spec = JobSpec.model_validate(rec["spec"])
         device = resolve_device(spec.resources.device, settings.worker_device)
-        data = _load_data(store, spec, tenant, settings, on_event)
+        data = _load_data(store, arts, spec, tenant, settings, on_event, watcher.should_stop)
         teachers = [_teacher(store, arts, t, tenant, data.info, device, f"teacher {i}" if i else "teacher")
                     for i, t in enumerate(spec.teachers)]
+        for t in teachers:  # before anything else runs: a teacher that cannot run fails as teacher_error now
+            dry_run(t.module, data.train.head(1).to(device))
+            if t.io:
+                on_event("log", {"message": f"{t.label} input/outputs adapted: {t.io}"})
         workdir = arts.job_dir(job_id)
 
         def on_oom_retry(old: int, new: int) -> None:
@@ -256,6 +273,13 @@ def _run(job_id: str, rec: dict[str, Any], lifecycle: Lifecycle, arts: ArtifactS
             return Status.FAILED
         log.exception("job %s crashed", job_id)
         _fail(lifecycle, arts, job_id, "internal", f"{type(e).__name__}: {e}")
+        return Status.FAILED
+    try:
+        arts.publish_job(job_id)  # a shared storage holds the outputs before the job reads succeeded
+    except Exception as e:  # the outputs exist on this host only: no other host could download them
+        log.exception("job %s: publishing its outputs", job_id)
+        _fail(lifecycle, arts, job_id, "storage_unavailable", f"the job's outputs could not be written to the "
+              f"shared storage (KD_STORAGE_URL): {type(e).__name__}: {e}; submit the job again")
         return Status.FAILED
     store.set_fields(job_id, progress={**(store.get_job(job_id) or {}).get("progress", {}), "fraction": 1.0,
                                        "eta_s": 0})

@@ -79,6 +79,7 @@ async def upload(request: Request, tenant: TenantDep, store: StoreDep, artifacts
                   "path": str(received.path), "meta": meta}
 
         def commit() -> None:
+            artifacts.publish_upload(received.path)  # a shared storage has it before any worker can see its id
             quotas.commit_bytes(tenant, art_id, received.size)
             store.put_artifact(record)
 

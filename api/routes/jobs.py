@@ -53,6 +53,19 @@ SUBMIT_EXAMPLES = {
                   "student": {"architecture": "mlp", "kwargs": {"hidden": [32]}}, **_DIGITS,
                   "distillation": _KD, "training": _RECIPE},
     },
+    "kd_from_foreign_program": {
+        "summary": "Distill a teacher exported elsewhere (.pt2 or .onnx) that takes other input",
+        "description": "A teacher trained elsewhere at 32x32 with its own normalization and a log-softmax head, "
+                       "on 28x28 MNIST: `teacher.input` resizes and renormalizes the dataset's images for it "
+                       "(teacher path only) and `teacher.outputs` says its outputs are log-probabilities. The "
+                       "upload's `meta.input` says what it takes; without the adapter the submit is a 422 naming "
+                       "`teacher.input.size`. See docs/spec.md, Teachers exported elsewhere.",
+        "value": {"name": "mnist-kd-foreign",
+                  "teacher": {"checkpoint": "art_0123456789abcdef",
+                              "input": {"size": [32, 32], "mean": [0.5], "std": [0.5]}, "outputs": "log_probs"},
+                  "student": {"architecture": "mlp", "kwargs": {"hidden": [128]}}, "dataset": {"name": "mnist"},
+                  "distillation": {"method": "kd", "temperature": 4.0, "alpha": 1.0}, "training": _RECIPE},
+    },
     "chain_link": {
         "summary": "A two-link chain by hand: teacher job -> assistant job -> student job",
         "description": "Submit the assistant with the teacher's job as its teacher, then this job with the "

@@ -7,8 +7,9 @@ One module per job, imported in this order (each imports only those before it):
   ONNX without external data) and the CheckpointError wrapping of read failures;
 - `pt2_vetting`: what a .pt2 archive must look like before torch.export.load may see it, and the
   security rule every reader here follows: nothing a user uploads may run code on our side;
+- `constraints`: what input a program accepts (batch static/bounded/dynamic, shape, dtype);
 - `inspection`: `inspect_upload`, facts about an upload without building or running a model (API);
-- `runtimes`: ONNX and torch.export teachers wrapped as eval-only modules (fixed-batch chunking);
+- `runtimes`: ONNX and torch.export teachers wrapped as eval-only modules, run in chunks that fit;
 - `building`: `load_teacher`, teachers built from files into registry architectures (worker);
 - `students`: `save_student` and `load_student`;
 - `exports`: `export_program` and `export_onnx`, writing models in the formats we accept.

@@ -11,9 +11,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from kdcore.checkpoints.constraints import program_input
 from kdcore.checkpoints.formats import FORMATS
 from kdcore.checkpoints.pt2_vetting import _load_export_program
-from kdcore.checkpoints.reading import _dims, _read_safetensors, _read_state_dict, _reading
+from kdcore.checkpoints.reading import _read_safetensors, _read_state_dict, _reading
 from kdcore.checkpoints.runtimes import OnnxModule, _ExportedModule
 from kdcore.errors import CheckpointError
 
@@ -99,21 +100,11 @@ def load_teacher(path: Path, fmt: str, *, architecture: str | None, kwargs: dict
             # The pass also moves constants the program made in forward() (plain tensor attributes that
             # Module.to() would leave behind) and the device arguments recorded in the graph.
             ep = move_to_device_pass(_load_export_program(path, path.name), device)
-            module = _ExportedModule(ep.module(), _program_batch(ep), ep)
+            module = _ExportedModule(ep.module(), program_input(ep), ep)
         else:
             module = OnnxModule.from_file(path, device=device)
     return _freeze(module.to(device))
 
-
-def _program_batch(ep: torch.export.ExportedProgram) -> int | None:
-    """The program's fixed batch size, or None when its batch dimension is dynamic."""
-    sig = ep.graph_signature
-    if len(sig.user_inputs) != 1:
-        raise CheckpointError("an exported teacher must take exactly one input (the image batch); this one "
-                              f"takes {len(sig.user_inputs)}")
-    node = next(n for n in ep.graph.nodes if n.op == "placeholder" and n.name == sig.user_inputs[0])
-    val = node.meta.get("val")
-    return _dims(val.shape)[0] if isinstance(val, torch.Tensor) and val.dim() >= 1 else None
 
 
 def _teacher_from_weights(path: Path, fmt: str, architecture: str | None, kwargs: Mapping[str, Any],

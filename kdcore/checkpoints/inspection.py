@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from kdcore.checkpoints.constraints import onnx_input, program_input
 from kdcore.checkpoints.formats import _LABELS, detect_format
 from kdcore.checkpoints.pt2_vetting import _load_export_program
 from kdcore.checkpoints.reading import (
@@ -37,24 +38,28 @@ _MAX_ZIP_MEMBERS = 2_000_000
 # Buffers, not parameters: left out of the "params" count, like count_params() does for a model.
 _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 # Names classifier heads go by (torchvision, timm, the CIFAR zoo); see _guess_num_outputs.
+# ONNX element types as torch names them, for the `input` constraints
+_ONNX_DTYPES = {"FLOAT": "float32", "FLOAT16": "float16", "BFLOAT16": "bfloat16", "DOUBLE": "float64"}
 _HEAD_NAMES = frozenset({"fc", "head", "heads", "classifier", "last_linear", "logits", "linear"})
 
 
 def inspect_upload(path: Path, filename: str) -> dict[str, Any]:
     """JSON-ready facts about an uploaded file, read without building or running any model.
 
-    Returns {"format", "num_outputs", "input_shape", "tensors", "params", "metadata"}:
+    Returns {"format", "num_outputs", "input_shape", "input", "tensors", "params", "metadata"}:
     num_outputs is the class count when known or guessed (see _guess_num_outputs), input_shape the
     full input shape including the batch dimension, with None for dynamic or unknown sizes (None
-    when the file does not say, as for state dicts), tensors the number of stored tensors, params
-    the number of parameter values (BN running statistics left out). Raises CheckpointError only.
+    when the file does not say, as for state dicts), input the constraints of a .pt2 or ONNX program's
+    input (batch static/bounded/dynamic with its min and max, per-sample shape, dtype:
+    `kdcore.checkpoints.constraints`; None for other formats), tensors the number of stored tensors,
+    params the number of parameter values (BN running statistics left out). Raises CheckpointError only.
     """
     path = Path(path)
     with _reading(filename):
         with open(path, "rb") as f:
             head = f.read(64)
     fmt = detect_format(filename, head)
-    result: dict[str, Any] = {"format": fmt, "num_outputs": None, "input_shape": None, "tensors": None,
+    result: dict[str, Any] = {"format": fmt, "num_outputs": None, "input_shape": None, "input": None, "tensors": None,
                               "params": None, "metadata": {}}
     with _reading(f"{filename!r} as {_LABELS[fmt]}"):
         result.update(_INSPECTORS[fmt](path, filename))
@@ -144,6 +149,8 @@ def _inspect_export(path: Path, filename: str) -> dict[str, Any]:
     val = first_in.meta.get("val") if first_in is not None else None
     if isinstance(val, torch.Tensor):
         out["input_shape"] = _dims(val.shape)
+    if len(user_inputs) == 1:
+        out["input"] = program_input(ep).to_meta()
     first_out = nodes.get(str(user_outputs[0])) if user_outputs and user_outputs[0] is not None else None
     val = first_out.meta.get("val") if first_out is not None else None
     if isinstance(val, torch.Tensor) and val.dim() >= 1:
@@ -181,8 +188,11 @@ def _inspect_onnx(path: Path, filename: str) -> dict[str, Any]:
     }
     if model.metadata_props:
         meta["props"] = {p.key: p.value for p in model.metadata_props}
+    first = inputs[0] if inputs else None
     return {
-        "input_shape": inputs[0]["shape"] if inputs else None,
+        "input_shape": first["shape"] if first else None,
+        "input": onnx_input(first["shape"], _ONNX_DTYPES.get(first["dtype"], first["dtype"])).to_meta()
+        if first and len(inputs) == 1 else None,
         "num_outputs": out_shape[-1] if out_shape else None,
         "tensors": len(graph.initializer),
         # floating-point initializers only: integer ones are shape constants, not weights

@@ -1,10 +1,10 @@
 """Teachers that are not plain nn.Modules, wrapped to run like one: an onnxruntime session (`OnnxModule`)
-and a torch.export program (`_ExportedModule`), both eval-only; a model exported with a fixed batch size is
-run in chunks of that size (`_run_in_fixed_batches`).
+and a torch.export program (`_ExportedModule`), both eval-only. Each states the batch sizes it accepts as
+`batch_limits` (read by `kdcore.checkpoints.constraints`) and runs any batch in chunks that fit
+(`kdcore.batching.run_in_chunks`: a static batch pads its last chunk, a bounded one splits at its max).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from kdcore.batching import Limits, run_in_chunks
+from kdcore.checkpoints.constraints import InputConstraints, onnx_input
 from kdcore.checkpoints.reading import _parse_onnx
 from kdcore.errors import CheckpointError, FeatureError
 
@@ -25,25 +27,12 @@ _ORT_INPUT_TYPES: dict[str, Any] = {
 }
 
 
-def _run_in_fixed_batches(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                          batch: int | None) -> torch.Tensor:
-    """Call fn on x, in chunks of `batch` rows (the last zero-padded) when the model fixed its batch."""
-    if batch is None or x.shape[0] == batch:
-        return fn(x)
-    outs = []
-    for chunk in x.split(batch):
-        n = chunk.shape[0]
-        if n < batch:
-            chunk = torch.cat([chunk, chunk.new_zeros((batch - n, *chunk.shape[1:]))])
-        outs.append(fn(chunk)[:n])
-    return torch.cat(outs)
-
 
 class OnnxModule(nn.Module):
     """An onnxruntime session as an eval-only teacher: forward(x) -> float32 logits on x's device.
 
     It has no parameters and no gradient (the graph is opaque), so it suits logit-only methods. A
-    model exported with a fixed batch size is run in chunks of that size.
+    model exported with a fixed batch size is run in chunks of that size, the last one zero-padded.
     """
 
     def __init__(self, session: onnxruntime.InferenceSession):
@@ -60,8 +49,8 @@ class OnnxModule(nn.Module):
             raise CheckpointError(f"the ONNX model's input is {inputs[0].type}; a floating-point image batch "
                                   "(float32, float16 or double) is expected")
         self.input_dtype = dtype
-        first = inputs[0].shape[0] if inputs[0].shape else None
-        self.fixed_batch: int | None = first if isinstance(first, int) and first > 0 else None
+        self.constraints = onnx_input(list(inputs[0].shape or []), np.dtype(dtype).name)
+        self.batch_limits: Limits = self.constraints.limits
 
     @classmethod
     def from_file(cls, path: Path, *, device: torch.device | str = "cpu") -> OnnxModule:
@@ -89,22 +78,26 @@ class OnnxModule(nn.Module):
         raise FeatureError("an ONNX teacher gives its logits only; feature methods need a .pt2 or a state dict")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _run_in_fixed_batches(self._run, x, self.fixed_batch).to(x.device)
+        return run_in_chunks(self._run, x, self.batch_limits).to(x.device)
 
 
 class _ExportedModule(nn.Module):
     """Holds ExportedProgram.module(): train()/eval() only set the flag, since the exported graph
-    module refuses them (the graph was captured in one mode); fixed batch sizes are handled too.
+    module refuses them (the graph was captured in one mode). Batches run in chunks within the program's
+    batch limits, cast to its input dtype.
 
     Feature methods hook layers by module path; the flat graph module has none to hook, so
     `feature_root` rebuilds the module tree with `torch.export.unflatten` and runs through it from then on.
+    With limited batches the caller chunks before the hooks see a batch (`Distiller.teacher_forward`).
     """
 
-    def __init__(self, program: nn.Module, fixed_batch: int | None,
+    def __init__(self, program: nn.Module, constraints: InputConstraints,
                  exported: torch.export.ExportedProgram | None = None):
         super().__init__()
         self.program = program
-        self.fixed_batch = fixed_batch
+        self.constraints = constraints
+        self.batch_limits: Limits = constraints.limits
+        self._dtype = getattr(torch, constraints.dtype or "", None)
         self._exported = exported
         self.tree: nn.Module | None = None
 
@@ -112,17 +105,15 @@ class _ExportedModule(nn.Module):
         if self.tree is None:
             if self._exported is None:
                 raise FeatureError("this exported teacher keeps no module tree to take features from")
-            if self.fixed_batch is not None:
-                # hooks would see only the last fixed-size chunk of a batch
-                raise FeatureError(f"this .pt2 teacher was exported with a fixed batch of {self.fixed_batch}; "
-                                   "export it with a dynamic batch dimension to take features from it")
             self.tree = torch.export.unflatten(self._exported)
             for p in self.tree.parameters():
                 p.requires_grad_(False)
         return self.tree
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _run_in_fixed_batches(self.tree if self.tree is not None else self.program, x, self.fixed_batch)
+        if isinstance(self._dtype, torch.dtype) and x.is_floating_point() and x.dtype != self._dtype:
+            x = x.to(self._dtype)  # a program traced in float16 refuses float32 input
+        return run_in_chunks(self.tree if self.tree is not None else self.program, x, self.batch_limits)
 
     def train(self, mode: bool = True) -> _ExportedModule:
         self.training = mode

@@ -29,31 +29,44 @@ def labels(y: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(y).astype(np.int64, copy=False))
 
 
+class ChannelStats:
+    """Per-channel mean and (population) std of x / max_value, accumulated over NCHW chunks in float64 (one
+    float64 copy of a large upload would need eight times its size in memory)."""
+
+    def __init__(self, channels: int, max_value: float):
+        self.max_value = max_value
+        self.total = np.zeros(channels, dtype=np.float64)
+        self.total_sq = np.zeros(channels, dtype=np.float64)
+        self.count = 0
+
+    def add(self, x: np.ndarray) -> None:
+        part = x.astype(np.float64)  # one float64 copy, worked on in place
+        part /= self.max_value
+        flat = part.reshape(part.shape[0], part.shape[1], -1)
+        self.total += flat.sum(axis=2).sum(axis=0)
+        self.total_sq += np.square(flat, out=flat).sum(axis=2).sum(axis=0)
+        self.count += part.shape[0] * part.shape[2] * part.shape[3]
+
+    def result(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) per channel; a constant channel gets std 1 so normalization never divides by zero."""
+        c = self.total.shape[0]
+        if self.count == 0:
+            return tuple([0.0] * c), tuple([1.0] * c)
+        mean = self.total / self.count
+        var = np.maximum(self.total_sq / self.count - np.square(mean), 0.0)
+        # rounded like the built-in constants; a (near-)constant channel would round to 0
+        stds = tuple(round(float(v), 4) or 1.0 for v in np.sqrt(var))
+        return tuple(round(float(v), 4) for v in mean), stds
+
+
 def channel_stats(
     x: np.ndarray, max_value: float, chunk: int = 4096
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and (population) std of x / max_value for an NCHW array.
-
-    Accumulates sums in float64 over chunks of samples: one float64 copy of a large upload would
-    need eight times its size in memory. A constant channel gets std 1 so normalization never
-    divides by zero.
-    """
-    c = x.shape[1]
-    total = np.zeros(c, dtype=np.float64)
-    total_sq = np.zeros(c, dtype=np.float64)
-    count = 0
+    """Per-channel mean and (population) std of x / max_value for an NCHW array, over chunks of samples."""
+    stats = ChannelStats(x.shape[1], max_value)
     for start in range(0, x.shape[0], chunk):
-        part = x[start : start + chunk].astype(np.float64) / max_value
-        total += part.sum(axis=(0, 2, 3))
-        total_sq += np.square(part).sum(axis=(0, 2, 3))
-        count += part.shape[0] * part.shape[2] * part.shape[3]
-    if count == 0:
-        return tuple([0.0] * c), tuple([1.0] * c)
-    mean = total / count
-    var = np.maximum(total_sq / count - np.square(mean), 0.0)
-    # rounded like the built-in constants; a (near-)constant channel would round to 0
-    stds = tuple(round(float(v), 4) or 1.0 for v in np.sqrt(var))
-    return tuple(round(float(v), 4) for v in mean), stds
+        stats.add(x[start : start + chunk])
+    return stats.result()
 
 
 def make_data(

@@ -42,13 +42,16 @@ def register_dataset(
     inspect: Inspector | None = None,
     artifact_format: str | None = None,
     preparable: bool = False,
+    resizable: bool = False,
 ) -> Callable[[Loader], Loader]:
     """Register a loader under ``name``.
 
     Built-ins pass their static ``info``; artifact-backed datasets pass ``inspect`` instead, which
     reads the artifact's facts (``dataset_info`` calls it), and ``artifact_format``, a sentence for
     the catalog saying what the upload must contain. ``preparable`` datasets are decoded once into a
-    prepared store when the caller gives one to `load_dataset` (large uploads are then never held whole).
+    prepared store when the caller gives one to `load_dataset` (large uploads are then never held whole);
+    ``resizable`` ones are prepared at a chosen ``image_size`` and ``channels`` (image folders; an npz is
+    prepared as given).
     """
     if info is None and (inspect is None or not needs_artifact):
         # without static facts, dataset_info can only read them from an artifact
@@ -61,6 +64,7 @@ def register_dataset(
         inspect=inspect,
         artifact_format=artifact_format,
         preparable=preparable,
+        resizable=resizable,
     )
 
 
@@ -124,7 +128,7 @@ def _params_schema(meta: dict[str, Any]) -> dict[str, Any]:
     if not meta["needs_artifact"]:
         artifact["default"] = None
     prepared: dict[str, Any] = {}
-    if meta.get("preparable"):
+    if meta.get("resizable"):
         prepared = {
             "image_size": {"type": "array", "items": {"type": "integer", "minimum": 8, "maximum": 1024},
                            "minItems": 2, "maxItems": 2, "default": None,

@@ -316,6 +316,7 @@ def inspect_imagefolder(path: Path) -> DatasetInfo:
     inspect=inspect_imagefolder,
     artifact_format=IMAGEFOLDER_FORMAT,
     preparable=True,
+    resizable=True,
 )
 def load_imagefolder(root: Path, artifact: Path | None, download: bool) -> TensorData:
     if artifact is None:

@@ -12,18 +12,20 @@ label + 1 over both splits, or the length of ``class_names`` (a 1-D string array
 Normalization uses the per-channel mean and std of the train split.
 
 The file is opened with ``allow_pickle=False``: an upload cannot make the service unpickle anything.
-Array headers are read before any data, so an object array is refused with a clear message.
+Array headers are read before any data, so an object array is refused with a clear message. Pixel arrays
+are read as streams, block by block (inspection at upload, preparation into the prepared store): memory
+does not grow with the file. Only `load_dataset` without a store holds the arrays whole.
 """
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO
 
 import numpy as np
 
-from ._common import channel_stats, make_data
+from ._common import ChannelStats, make_data
 from .base import DatasetInfo, TensorData
 from .catalog import register_dataset
 from .errors import DatasetError
@@ -31,6 +33,7 @@ from .errors import DatasetError
 REQUIRED = ("x_train", "y_train", "x_test", "y_test")
 OPTIONAL = ("class_names",)
 CHANNELS = (1, 3, 4)
+STREAM_WORK_BYTES = 16 * 2**20  # a streamed block's float64 copy (mean/std): the reader's memory, whatever the file
 
 NPZ_FORMAT = (
     "a .npz with x_train, y_train, x_test, y_test (and optionally class_names); x as N,H,W or N,H,W,C "
@@ -150,23 +153,106 @@ def _check_headers(name: str, headers: dict[str, tuple[tuple[int, ...], np.dtype
     return layout
 
 
-def _load(path: Path) -> tuple[DatasetInfo, dict[str, np.ndarray]]:
-    """Validate the whole file and return its DatasetInfo and arrays (x already NCHW)."""
-    name = path.name
-    layout = _check_headers(name, _headers(path))
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays: dict[str, Any] = {k: npz[k] for k in (*REQUIRED, *OPTIONAL) if k in npz.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-        raise DatasetError(f"{name} could not be read: {e}") from e
+def _read_exact(f: IO[bytes], n: int) -> bytes:
+    parts, got = [], 0
+    while got < n:
+        b = f.read(n - got)
+        if not b:
+            raise EOFError(f"the array ends {n - got} bytes early")
+        parts.append(b)
+        got += len(b)
+    return b"".join(parts)
 
-    y_train, y_test = arrays["y_train"], arrays["y_test"]
+
+def _open_array(zf: zipfile.ZipFile, key: str) -> tuple[IO[bytes], tuple[int, ...], bool, np.dtype]:
+    """The member's stream, positioned at the data, with (shape, fortran order, dtype) from its header."""
+    f = zf.open(f"{key}.npy")
+    version = np.lib.format.read_magic(f)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read(f)
+    return f, tuple(int(d) for d in shape), bool(fortran), np.dtype(dtype)
+
+
+def _whole(zf: zipfile.ZipFile, key: str) -> np.ndarray:
+    with zf.open(f"{key}.npy") as f:
+        return np.lib.format.read_array(f, allow_pickle=False)
+
+
+def _rows(zf: zipfile.ZipFile, key: str, work_bytes: int | None = None) -> Iterator[np.ndarray]:
+    """Consecutive blocks of rows of array `key`, read from its zip member as a stream (compressed or not): a
+    block's float64 copy stays near `work_bytes`. An array saved in Fortran order (np.save of a transposed
+    view) has no contiguous rows in the file: it is read whole."""
+    f, shape, fortran, dtype = _open_array(zf, key)
+    with f:
+        if fortran:
+            yield np.frombuffer(f.read(), dtype=dtype).reshape(shape, order="F")
+            return
+        row = max(1, int(np.prod(shape[1:])))
+        per = max(1, (work_bytes or STREAM_WORK_BYTES) // (8 * row))
+        for start in range(0, shape[0], per):
+            k = min(per, shape[0] - start)
+            yield np.frombuffer(_read_exact(f, k * row * dtype.itemsize), dtype=dtype).reshape(k, *shape[1:])
+
+
+Sink = Callable[[str, int, np.ndarray], None]  # (split, first row, NCHW block)
+
+
+def _stream(path: Path, sink: Sink | None = None) -> tuple[DatasetInfo, dict[str, np.ndarray]]:
+    """Validates the whole file in one streamed pass and describes it: the headers, the labels (read whole:
+    8 bytes a sample at most), every pixel block (range check; the train split's mean and std), each block
+    handed to `sink` in NCHW. Memory: one block, never an array. Returns the info and the labels."""
+    name = path.name
+    headers = _headers(path)
+    layout = _check_headers(name, headers)
+    x_dtype = headers["x_train"][1]
+    max_value = 255.0 if x_dtype == np.uint8 else 1.0
+    try:
+        with zipfile.ZipFile(path) as zf:
+            ys = {k: _whole(zf, k) for k in ("y_train", "y_test")}
+            raw_names = _whole(zf, "class_names") if "class_names" in headers else None
+            num_classes, names = _classes(name, ys["y_train"], ys["y_test"], raw_names)
+            channels = _to_nchw(np.empty((0, *headers["x_train"][0][1:]), x_dtype), layout).shape[1]
+            stats = ChannelStats(channels, max_value)
+            for split in ("train", "test"):
+                key, first, lo, hi, ok = f"x_{split}", 0, np.inf, -np.inf, True
+                for block in _rows(zf, key):
+                    if block.dtype.kind == "f":  # NaN fails both comparisons, so it is caught here too
+                        ok = ok and bool(np.all(block >= 0.0) and np.all(block <= 1.0))
+                        lo, hi = min(lo, float(np.fmin.reduce(block, axis=None))), max(
+                            hi, float(np.fmax.reduce(block, axis=None)))
+                    nchw = _to_nchw(block, layout)
+                    if split == "train":
+                        stats.add(nchw)
+                    if sink is not None and ok:
+                        sink(split, first, nchw)
+                    first += block.shape[0]
+                if not ok:
+                    raise DatasetError(f"{name}: {key} is float but not within [0, 1] (min {lo:.4g}, max {hi:.4g}, "
+                                       "or NaN); scale float pixels to [0, 1] or save uint8 0..255")
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as e:
+        if isinstance(e, DatasetError):
+            raise
+        raise DatasetError(f"{name} could not be read: {e}") from e
+    mean, std = stats.result()
+    (n_train, *_), (n_test, *_) = headers["x_train"][0], headers["x_test"][0]
+    h, w = _to_nchw(np.empty((0, *headers["x_train"][0][1:]), np.uint8), layout).shape[2:]
+    info = DatasetInfo(
+        name="npz", num_classes=num_classes, in_channels=int(channels), image_size=(int(h), int(w)), mean=mean,
+        std=std, class_names=names, train_size=int(n_train), test_size=int(n_test),
+        raw_range="uint8 / 255" if max_value == 255.0 else "float in [0, 1] / 1",
+        extra={"file_layout": {"NHW": "N,H,W", "NHWC": "N,H,W,C", "NCHW": "N,C,H,W"}[layout],
+               "file_dtype": str(x_dtype)},
+    )
+    return info, ys
+
+
+def _classes(name: str, y_train: np.ndarray, y_test: np.ndarray,
+             raw_names: np.ndarray | None) -> tuple[int, tuple[str, ...]]:
     low = min(int(y_train.min()), int(y_test.min()))
     if low < 0:
         raise DatasetError(f"{name}: labels must be 0..K-1, found {low}")
     num_classes = max(int(y_train.max()), int(y_test.max())) + 1
-    if "class_names" in arrays:
-        raw_names = arrays["class_names"]
+    if raw_names is not None:
         names = tuple(n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in raw_names)
         if len(names) < num_classes:
             raise DatasetError(
@@ -177,36 +263,45 @@ def _load(path: Path) -> tuple[DatasetInfo, dict[str, np.ndarray]]:
         names = tuple(str(i) for i in range(num_classes))
     if num_classes < 2:
         raise DatasetError(f"{name}: the labels name only one class; classification needs at least two")
+    return num_classes, names
 
-    for key in ("x_train", "x_test"):
-        x = arrays[key]
-        if x.dtype.kind == "f":
-            # NaN fails both comparisons, so it is caught here too
-            if not (np.all(x >= 0.0) and np.all(x <= 1.0)):
-                raise DatasetError(
-                    f"{name}: {key} is float but not within [0, 1] (min {np.nanmin(x):.4g}, "
-                    f"max {np.nanmax(x):.4g}, or NaN); scale float pixels to [0, 1] or save uint8 0..255"
-                )
-        arrays[key] = _to_nchw(x, layout)
 
-    x_train = arrays["x_train"]
-    max_value = 255.0 if x_train.dtype == np.uint8 else 1.0
-    mean, std = channel_stats(x_train, max_value)
-    info = DatasetInfo(
-        name="npz",
-        num_classes=num_classes,
-        in_channels=int(x_train.shape[1]),
-        image_size=(int(x_train.shape[2]), int(x_train.shape[3])),
-        mean=mean,
-        std=std,
-        class_names=names,
-        train_size=int(x_train.shape[0]),
-        test_size=int(arrays["x_test"].shape[0]),
-        raw_range="uint8 / 255" if max_value == 255.0 else "float in [0, 1] / 1",
-        extra={"file_layout": {"NHW": "N,H,W", "NHWC": "N,H,W,C", "NCHW": "N,C,H,W"}[layout],
-               "file_dtype": str(x_train.dtype)},
-    )
-    return info, arrays
+def _load(path: Path) -> tuple[DatasetInfo, dict[str, np.ndarray]]:
+    """Validate the whole file and return its DatasetInfo and arrays (x already NCHW), all in memory."""
+    blocks: dict[str, list[np.ndarray]] = {"train": [], "test": []}
+    info, ys = _stream(path, lambda split, first, block: blocks[split].append(block))
+    return info, {"x_train": np.concatenate(blocks["train"]), "y_train": ys["y_train"],
+                  "x_test": np.concatenate(blocks["test"]), "y_test": ys["y_test"]}
+
+
+def prepare_npz(path: Path, out: Path, on_progress: Callable[[int, int], None] | None = None) -> DatasetInfo:
+    """Writes the upload into a prepared store's folder `out` (kdcore.datasets.store): `{split}_x.npy` N,C,H,W
+    in the file's own pixel type (uint8, or float16/32/64 as given: no rounding) and `{split}_y.npy` int64,
+    streamed block by block into memory-mapped arrays. Returns the info (mean/std of the train split)."""
+    headers = _headers(path)
+    layout = _check_headers(path.name, headers)
+    total = headers["x_train"][0][0] + headers["x_test"][0][0]
+    arrays: dict[str, np.ndarray] = {}
+    done = [0]
+    for split in ("train", "test"):
+        shape = _to_nchw(np.empty((0, *headers[f"x_{split}"][0][1:]), np.uint8), layout).shape[1:]
+        dtype = headers[f"x_{split}"][1].newbyteorder("=")  # as given (native byte order): no rounding
+        arrays[split] = np.lib.format.open_memmap(out / f"{split}_x.npy", mode="w+", dtype=dtype,
+                                                  shape=(headers[f"x_{split}"][0][0], *shape))
+    if on_progress is not None:
+        on_progress(0, total)
+
+    def write(split: str, first: int, block: np.ndarray) -> None:
+        arrays[split][first:first + block.shape[0]] = block
+        done[0] += block.shape[0]
+        if on_progress is not None:
+            on_progress(done[0], total)
+
+    info, ys = _stream(path, write)
+    for split, a in arrays.items():
+        a.flush()
+        np.save(out / f"{split}_y.npy", ys[f"y_{split}"].astype(np.int64))
+    return info
 
 
 def inspect_npz(path: Path) -> DatasetInfo:
@@ -214,9 +309,9 @@ def inspect_npz(path: Path) -> DatasetInfo:
 
     It reads the data, not just the headers: the normalization constants are the train split's
     per-channel mean and std, and a float array outside [0, 1] should be refused at upload time
-    rather than when a job starts.
+    rather than when a job starts. Streamed block by block: its memory does not grow with the file.
     """
-    return _load(Path(path))[0]
+    return _stream(Path(path))[0]
 
 
 @register_dataset(
@@ -226,6 +321,7 @@ def inspect_npz(path: Path) -> DatasetInfo:
     needs_artifact=True,
     inspect=inspect_npz,
     artifact_format=NPZ_FORMAT,
+    preparable=True,
 )
 def load_npz(root: Path, artifact: Path | None, download: bool) -> TensorData:
     if artifact is None:

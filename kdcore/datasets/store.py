@@ -1,5 +1,7 @@
 """A prepared dataset store: each image-folder upload decoded once into memory-mapped uint8 arrays on disk,
-at a chosen resolution, reused by every later job.
+at a chosen resolution, reused by every later job. An .npz upload is prepared too, as given: its pixels
+streamed into the same layout in their own type (uint8, or float16/32/64: no rounding), in [0, 1] for
+floats (`kdcore.datasets.npz.prepare_npz`).
 
 Layout, one folder per key under the store's root::
 
@@ -51,13 +53,16 @@ from kdcore.digests import file_sha256
 
 from ._common import channel_stats
 from .base import DatasetInfo
+from .errors import DatasetError
 from .imagefolder import RESIZE_COVER_CROP, RESIZE_STRETCH, _scanned
+from .npz import prepare_npz
 from .prepare import SPLITS, ProgressFn, decode_all, default_workers
 
 FORMAT = 1
 STALE_S = 3600.0  # a .tmp-* folder untouched this long belongs to a preparation that died
 STATS_CHUNK_BYTES = 16 * 2**20  # float64 working set of the train split's mean/std
 PREFETCH_DEPTH = 2
+PIXEL_DTYPES = tuple(np.dtype(t) for t in ("uint8", "float16", "float32", "float64"))
 
 
 def resize_policy(image_size: tuple[int, int] | None) -> str:
@@ -76,7 +81,8 @@ class PreparedSplit:
 
     def __init__(self, x: np.ndarray, y: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...], key: str,
                  name: str, device: torch.device | str = "cpu"):
-        self._x, self._y = x, y  # x: the uint8 memmap, never read whole; y: int64, in memory
+        self._x, self._y = x, y  # x: the memmap (uint8, or an npz's floats), never read whole; y: int64, in memory
+        self._scale = 255.0 if x.dtype == np.uint8 else 1.0  # floats are stored in [0, 1]
         self.key, self.name, self.device = key, name, torch.device(device)
         self.mean, self.std = tuple(mean), tuple(std)
         self.labels = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)).to(self.device)
@@ -105,13 +111,15 @@ class PreparedSplit:
         return out
 
     def normalized(self, rows: np.ndarray) -> torch.Tensor:
-        """uint8 NCHW rows -> float32 (x / 255 - mean) / std on the split's device (converted there)."""
+        """NCHW rows -> float32 (x / 255 - mean) / std on the split's device (converted there); float rows
+        (an npz's, in [0, 1]) are not divided."""
         t = torch.from_numpy(np.ascontiguousarray(rows))
         if self.device.type == "cuda":
             t = t.pin_memory().to(self.device, non_blocking=True)
         else:
             t = t.to(self.device)
-        return t.to(torch.float32).div_(255.0).sub_(self._m).div_(self._s)
+        t = t.to(torch.float32)
+        return (t.div_(self._scale) if self._scale != 1.0 else t).sub_(self._m).div_(self._s)
 
     def batch(self, idx: torch.Tensor) -> torch.Tensor:
         return self.normalized(self.rows(idx))
@@ -219,6 +227,14 @@ class PreparedData:
         return dataclasses.replace(self, train=self.train.to(device), test=self.test.to(device))
 
 
+def _write_meta(tmp: Path, meta: dict[str, Any]) -> None:
+    """meta.json last, then every file and the folder fsynced: what is renamed into place is complete."""
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    for f in tmp.iterdir():
+        _fsync(f)
+    _fsync(tmp)
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -248,7 +264,7 @@ class PreparedStore:
             for name in SPLITS:
                 x = np.load(d / f"{name}_x.npy", mmap_mode="r")
                 y = np.load(d / f"{name}_y.npy")
-                if x.dtype != np.uint8 or x.shape[0] != y.shape[0] or x.shape[0] != meta["counts"][name]:
+                if x.dtype not in PIXEL_DTYPES or x.shape[0] != y.shape[0] or x.shape[0] != meta["counts"][name]:
                     return None
                 splits[name] = PreparedSplit(x, y, info.mean, info.std, key, name, device)
         except (OSError, ValueError, KeyError, TypeError):
@@ -282,6 +298,9 @@ class PreparedStore:
         if image_size is not None and (len(image_size) != 2 or min(image_size) < 1):
             raise ValueError(f"image_size must be (H, W) of positive ints, not {image_size!r}")
         source = Path(source)
+        npz = source.suffix.lower() == ".npz"
+        if npz and (image_size is not None or channels is not None):
+            raise DatasetError("an .npz upload is prepared as given: image_size and channels apply to image folders")
         sha = source_sha256 or file_sha256(source)
         key = store_key(sha, image_size, channels)
         found = self.get(key, device)
@@ -292,7 +311,10 @@ class PreparedStore:
         tmp = self.root / f".tmp-{key}-{secrets.token_hex(6)}"
         tmp.mkdir()
         try:
-            self._build(tmp, source, sha, key, image_size, channels, workers, on_progress)
+            if npz:
+                self._build_npz(tmp, source, sha, key, on_progress)
+            else:
+                self._build(tmp, source, sha, key, image_size, channels, workers, on_progress)
             self._publish(tmp, key)
         finally:
             if tmp.exists():
@@ -327,10 +349,14 @@ class PreparedStore:
         meta = {"format": FORMAT, "key": key, "dataset": info.describe(), "counts": counts,
                 "image_size": [h, w], "channels": c, "resize_policy": resize_policy(image_size),
                 "source_sha256": sha, "created": datetime.now(UTC).isoformat(timespec="seconds")}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        for f in tmp.iterdir():
-            _fsync(f)
-        _fsync(tmp)
+        _write_meta(tmp, meta)
+
+    def _build_npz(self, tmp: Path, source: Path, sha: str, key: str, on_progress: ProgressFn | None) -> None:
+        info = prepare_npz(source, tmp, on_progress)  # streamed: the arrays are never held whole
+        counts = {"train": info.train_size or 0, "test": info.test_size or 0}
+        _write_meta(tmp, {"format": FORMAT, "key": key, "dataset": info.describe(), "counts": counts,
+                          "image_size": list(info.image_size), "channels": info.in_channels, "resize_policy": None,
+                          "source_sha256": sha, "created": datetime.now(UTC).isoformat(timespec="seconds")})
 
     def _publish(self, tmp: Path, key: str) -> None:
         """Renames tmp to <root>/<key>; a complete store already there (another process won) is kept."""

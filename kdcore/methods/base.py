@@ -27,6 +27,7 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
+from kdcore.batching import batch_limits, chunk_size
 from kdcore.features import capture
 from kdcore.losses import teacher_log_probs
 from kdcore.registry import Registry
@@ -127,10 +128,27 @@ class Distiller(nn.Module):
         layers = self.teacher_layers()
         if not layers:
             return TeacherOutput(self.teacher_forward_logits(x))
-        with capture(self.teachers[0], layers, "the teacher") as got:
-            first = self.teachers[0](x).float()
+        first, feats = self._features(x, layers)
         rest = [t(x).float() for t in self.teachers[1:]]
-        return TeacherOutput(torch.stack([first, *rest]), dict(got))
+        return TeacherOutput(torch.stack([first, *rest]), feats)
+
+    def _features(self, x: torch.Tensor, layers: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The first teacher's logits and features on x. A teacher with limited batches (a program exported
+        with a fixed or bounded batch) is called chunk by chunk here, so that its hooks see every row: the
+        module would otherwise chunk inside one call and the hooks keep only the last chunk's outputs."""
+        teacher = self.teachers[0]
+        step = chunk_size(batch_limits(teacher), x.shape[0])
+        logits: list[torch.Tensor] = []
+        feats: dict[str, list[torch.Tensor]] = {}
+        with capture(teacher, layers, "the teacher") as got:
+            for chunk in x.split(step):
+                logits.append(teacher(chunk).float())
+                for k, v in got.items():  # a padded chunk's features have the padding rows too
+                    feats.setdefault(k, []).append(v[:chunk.shape[0]])
+                got.clear()
+        if len(logits) == 1:
+            return logits[0], {k: v[0] for k, v in feats.items()}
+        return torch.cat(logits), {k: torch.cat(v) for k, v in feats.items()}
 
     @torch.no_grad()
     def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:

@@ -6,8 +6,9 @@ open when API keys are set, and the named examples of POST /v1/jobs are valid Jo
 In a real headless Chromium (Debian's `chromium`, driven by playwright), on the real app served by
 uvicorn with a real Redis: every request to a host other than 127.0.0.1 is refused and counted, the
 operations each page renders are exactly those of /openapi.json, and "Try it out" on the teacher example
-of POST /v1/jobs shows 202 (no worker is needed: the job stays queued). Screenshots go to tmp_path, or to
-$KD_DOCS_SCREENSHOTS for `docs/swagger-ui.png` (`make docs-screenshots`).
+of POST /v1/jobs, with the API key given through Swagger's "Authorize" dialog (the server has keys, so
+without it the answer would be 401), shows 202 (no worker is needed: the job stays queued). Screenshots
+go to tmp_path, or to $KD_DOCS_SCREENSHOTS for `docs/swagger-ui.png` (`make docs-screenshots`).
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from kdcore.spec import JobSpec
 from tests.harness import serve_app as serve
 
 INSTALL_CHROMIUM = "apt-get update && apt-get install -y chromium"
+KEY = "docs-key"  # the browser tests' server has this one key (tenant "docs")
 # What the bundles would fetch from elsewhere, refused by the pages' Content-Security-Policy (so never
 # requested): redoc 2's "API docs by Redocly" logo, which redoc hides when it does not load.
 KNOWN_REFUSED = {"https://cdn.redoc.ly/redoc/logo-mini.svg"}
@@ -56,6 +58,11 @@ def test_pages_name_only_local_assets_and_stay_open_with_keys(redis_url: str, tm
         assert http.get("/docs/oauth2-redirect").status_code == 200
         assert http.get("/openapi.json").status_code == 200
         assert http.post("/v1/jobs", json=SUBMIT_EXAMPLES["teacher"]["value"]).status_code == 401  # still guarded
+        schema = http.get("/openapi.json").json()  # the scheme Swagger's Authorize button fills in
+        assert schema["components"]["securitySchemes"]["apiKey"] == {
+            **schema["components"]["securitySchemes"]["apiKey"], "type": "http", "scheme": "bearer"}
+        assert schema["paths"]["/v1/jobs"]["post"]["security"] == [{"apiKey": []}]
+        assert "security" not in schema["paths"]["/v1/catalog"]["get"]
 
 
 def test_named_examples_are_valid_and_the_teacher_runs(redis_url: str, redis_client, tmp_path: Path) -> None:
@@ -89,7 +96,8 @@ def _chromium() -> str:
 @pytest.fixture(scope="module")
 def base_url(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     redis.Redis.from_url(redis_url).flushdb()
-    with serve(Settings(redis_url=redis_url, data_dir=tmp_path_factory.mktemp("docs-ui"))) as base:
+    with serve(Settings(redis_url=redis_url, data_dir=tmp_path_factory.mktemp("docs-ui"),
+                        api_keys=f"{KEY}:docs")) as base:
         yield base
 
 
@@ -175,6 +183,12 @@ def test_swagger_ui_offline_all_operations_and_try_it_out(base_url: str, page: P
     examples.locator("option").last.wait_for(state="attached", timeout=15_000)
     assert examples.locator("option").all_inner_texts() == [e["summary"] for e in SUBMIT_EXAMPLES.values()]
     assert examples.input_value() == "teacher"
+    # the key through the Authorize dialog (the bearer scheme api/deps.py declares), as a user gives it
+    pg.locator(".auth-wrapper button.authorize").click()
+    dialog = pg.locator(".dialog-ux .modal-ux")
+    dialog.locator("input").fill(KEY)
+    dialog.locator("button.authorize").click()
+    dialog.locator("button.btn-done").click()
     op.locator("button.try-out__btn").click()
     op.locator("button.execute").click()
     status = op.locator(".live-responses-table .response-col_status").nth(1)
@@ -182,6 +196,7 @@ def test_swagger_ui_offline_all_operations_and_try_it_out(base_url: str, page: P
     assert status.inner_text().strip() == "202"
     answer = op.locator(".live-responses-table").inner_text()
     assert '"status": "queued"' in answer and '"id": "job_' in answer and "location: /v1/jobs/job_" in answer
+    assert f"Authorization: Bearer {KEY}" in op.locator(".curl-command").inner_text()
     op.locator(".live-responses-table").screenshot(path=str(tmp_path / "swagger-try-it-out.png"))
     page.check_offline()
 

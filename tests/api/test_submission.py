@@ -110,3 +110,30 @@ def test_an_uploaded_dataset_is_not_read_again_at_submit(lc: Lifecycle, tmp_path
                            teacher={"checkpoint": "art_sd", "architecture": "mlp"}), "t", lc.store,
                      ArtifactStore(tmp_path))
     assert errors == [(["body", "teacher", "checkpoint"], "teacher outputs 10 classes but dataset npz has 3")]
+
+
+def test_teacher_input_is_checked_through_its_adapter(lc: Lifecycle, tmp_path: Path) -> None:
+    """A 32x32 teacher on 28x28 MNIST: the 422 names teacher.input.size (or .channels, .mean) with what the
+    teacher takes, what the dataset gives and what to set; with the adapter set the job is accepted."""
+    store, arts = lc.store, ArtifactStore(tmp_path)
+    inp = {"batch": "bounded", "batch_min": 1, "batch_max": 64, "dtype": "float32"}
+    _artifact(store, "art_grey", "export", num_outputs=10, input={**inp, "shape": [1, 32, 32]})
+    _artifact(store, "art_rgb", "onnx", num_outputs=10, input_shape=[1, 3, 32, 32])  # a record without `input`
+    _artifact(store, "art_any", "export", num_outputs=10, input={**inp, "shape": [1, None, None]})
+    mnist = {"dataset": {"name": "mnist"}}
+    errors = _errors(_spec(teacher={"checkpoint": "art_grey"}, **mnist), "t", store, arts)
+    assert errors == [(["body", "teacher", "input", "size"], "teacher takes input (1, 32, 32) but dataset mnist "
+                       "gives (1, 28, 28); set teacher.input.size: [32, 32]")]
+    wrong = _errors(_spec(teacher={"checkpoint": "art_grey", "input": {"size": [30, 30]}}, **mnist), "t", store, arts)
+    assert "which teacher.input makes (1, 30, 30); set teacher.input.size: [32, 32]" in wrong[0][1]
+    rgb = _errors(_spec(teacher={"checkpoint": "art_rgb", "input": {"size": [32, 32], "mean": [0.5] * 3,
+                                                                    "std": [0.5] * 3}}, **mnist), "t", store, arts)
+    assert [loc for loc, _ in rgb] == [["body", "teacher", "input", "channels"]]
+    assert "set teacher.input.channels: 3" in rgb[0][1]
+    means = _errors(_spec(teacher={"checkpoint": "art_grey", "input": {"size": [32, 32], "mean": [0.5] * 3,
+                                                                       "std": [0.5]}}, **mnist), "t", store, arts)
+    assert [loc for loc, _ in means] == [["body", "teacher", "input", "mean"]]
+    for ok in ({"checkpoint": "art_grey", "input": {"size": [32, 32], "mean": [0.5], "std": [0.5]}},
+               {"checkpoint": "art_rgb", "input": {"size": [32, 32], "channels": 3}, "outputs": "log_probs"},
+               {"checkpoint": "art_any"}):
+        check_submission(_spec(teacher=ok, **mnist), "t", store, arts)

@@ -30,8 +30,13 @@ def _errors(http: TestClient, teacher: object) -> list[tuple[list, str]]:
 
 
 @pytest.mark.parametrize(("teacher", "expected"), [
-    ({"checkpoint": "art_x", "input": {}}, [(["body", "teacher", "input"], "Extra inputs are not permitted")]),
-    ([{"checkpoint": "art_x", "input": {}}], [(["body", "teacher", 0, "input"], "Extra inputs are not permitted")]),
+    ({"checkpoint": "art_x", "input": {"sise": [32, 32]}},
+     [(["body", "teacher", "input", "sise"], "Extra inputs are not permitted")]),
+    ([{"checkpoint": "art_x", "input": {"sise": [32, 32]}}],
+     [(["body", "teacher", 0, "input", "sise"], "Extra inputs are not permitted")]),
+    ({"checkpoint": "art_x", "input": {"size": [32, 32], "mean": [0.5]}},
+     [(["body", "teacher", "input"], "give `mean` and `std` together (the teacher's normalization); leave both "
+                                     "out to keep the dataset's")]),
     ([{"checkpoint": "art_x"}, {"job": "j", "weight": -1}],
      [(["body", "teacher", 1, "weight"], "Input should be greater than 0")]),
     ({"checkpoint": "a", "job": "b"}, [(["body", "teacher"], "a teacher needs exactly one source: `checkpoint` "
@@ -44,8 +49,8 @@ def test_teacher_errors_name_the_field_as_written(http: TestClient, teacher: obj
 
 
 def test_detail_names_the_field_too(http: TestClient) -> None:
-    r = http.post("/v1/jobs", json={**BASE, "teacher": {"checkpoint": "art_x", "input": {}}})
-    assert r.json()["detail"] == "teacher.input: Extra inputs are not permitted"
+    r = http.post("/v1/jobs", json={**BASE, "teacher": {"checkpoint": "art_x", "input": {"sise": [32, 32]}}})
+    assert r.json()["detail"] == "teacher.input.sise: Extra inputs are not permitted"
     r = http.post("/v1/jobs", json={**BASE, "training": {"epochs": 0}})
     assert r.json()["errors"] == [{"loc": ["body", "training", "epochs"], "type": "greater_than_equal",
                                    "msg": "Input should be greater than or equal to 1"}]

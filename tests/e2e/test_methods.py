@@ -96,7 +96,7 @@ def test_teacher_assistant_chain_runs_as_linked_jobs(service, conv_teacher) -> N
         assert r.headers["location"] == f"/v1/jobs/{second['id']}"
         assert second["status"] == "queued" and second["waiting_for"] == [first["id"]]
         assert second["spec"]["teacher"] == {"job": first["id"], "checkpoint": None, "architecture": None,
-                                             "kwargs": {}, "weight": 1.0}
+                                             "kwargs": {}, "weight": 1.0, "input": None, "outputs": "logits"}
         done = service.wait(second["id"])
         assert done["status"] == "succeeded", done["error"]
         a = http.get(f"/v1/jobs/{first['id']}").json()

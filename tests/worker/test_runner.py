@@ -71,3 +71,26 @@ def test_bad_dataset_root_fails_with_a_clear_error(redis_client: redis.Redis, re
     assert execute(rec["id"], settings, store) == "failed"
     err = store.get_job(rec["id"])["error"]
     assert err["code"] == "bad_dataset" and "nowhere" in err["message"]
+
+
+def test_a_teacher_that_cannot_run_fails_the_job_as_teacher_error(redis_client: redis.Redis, redis_url: str,
+                                                                   tmp_path: Path) -> None:
+    """A .pt2 that fixed its images at 10x10, given digits' 8x8 (the submit-time check is bypassed here): the
+    one-sample dry run fails first, with the program's own guard in the message, never as `internal`."""
+    import torch
+    from torch import nn
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(100, 10)).eval()
+    path = tmp_path / "ten.pt2"
+    torch.export.save(torch.export.export(model, (torch.randn(2, 1, 10, 10),),
+                                          dynamic_shapes=({0: torch.export.Dim("batch")},)), str(path))
+    store = JobStore(redis_client)
+    store.put_artifact({"id": "art_ten", "tenant": "t", "filename": path.name, "sha256": "0", "size": 1,
+                        "format": "export", "created_at": "now", "path": str(path), "meta": {}})
+    spec = {**SPEC, "teacher": {"checkpoint": "art_ten"}, "distillation": {"method": "kd"}}
+    rec, _ = Lifecycle(store, _no_broker).submit("t", spec, "cpu")
+    assert execute(rec["id"], _settings(redis_url, tmp_path), store) == "failed"
+    err = store.get_job(rec["id"])["error"]
+    assert err["code"] == "teacher_error", err
+    assert "(1, 1, 8, 8)" in err["message"] and "10" in err["message"]
+    assert not any(e["type"] == "phase" for e in store.events(rec["id"]))  # failed before training began
