@@ -120,10 +120,12 @@ def submit(spec: Annotated[Path, typer.Argument(help="a JobSpec file, .yaml or .
 @api_errors
 def list_jobs(status: Annotated[Status | None, typer.Option(help="only jobs with this status")] = None,
               limit: Annotated[int, typer.Option(min=1, max=200, help="at most this many, newest first")] = 20,
+              cursor: Annotated[str | None, typer.Option(help="the next page: the cursor the last page named")]
+              = None,
               as_json: AsJson = False, url: Url = DEFAULT_URL, key: Key = None) -> None:
     """List jobs, newest first."""
     with Client(url, key) as client:
-        page = client.jobs.list(status=status, limit=limit)
+        page = client.jobs.list(status=status, limit=limit, cursor=cursor)
     if as_json:
         print(page.model_dump_json(indent=2))
         return
@@ -135,7 +137,12 @@ def list_jobs(status: Annotated[Status | None, typer.Option(help="only jobs with
         frac = job.progress.fraction
         t.add_row(job.id, str(job.status), view.pct(frac) if frac is not None else "",
                   view.pct(top1) if top1 is not None else "", job.created_at[:16].replace("T", " "), job.name or "")
-    out().print(t)
+    console = out()
+    console.print(t)
+    if page.next_cursor and len(page.data) == limit:
+        console.print(f"more: distillery jobs list --cursor {page.next_cursor}"
+                      + (f" --status {status}" if status else "") + (f" --limit {limit}" if limit != 20 else ""),
+                      markup=False)
 
 
 @jobs.command("show")

@@ -100,7 +100,8 @@ class Page:
     def __init__(self, browser: Any) -> None:
         self.context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
         self.outside: list[str] = []
-        self.requests: list[tuple[str, str | None]] = []
+        self.requests: list[tuple[str, str | None, bool]] = []  # url, Authorization, whether a key was saved
+        self.key_saved = False
         self.errors: list[str] = []
         self.context.route("**/*", self._route)
         self.page = self.context.new_page()
@@ -109,7 +110,7 @@ class Page:
     def _route(self, route: Any) -> None:
         url = route.request.url
         if urlsplit(url).hostname == "127.0.0.1":
-            self.requests.append((url, route.request.headers.get("authorization")))
+            self.requests.append((url, route.request.headers.get("authorization"), self.key_saved))
             route.continue_()
         else:
             self.outside.append(url)
@@ -118,10 +119,11 @@ class Page:
     def check(self) -> None:
         assert self.outside == [], f"the page requested other hosts: {self.outside}"
         assert self.errors == [], self.errors
-        assert not [u for u, _ in self.requests if KEY in u], "the key went into a URL"
-        api_calls = [(u, auth) for u, auth in self.requests if urlsplit(u).path.startswith("/v1/")]
-        assert api_calls and all(auth == f"Bearer {KEY}" for u, auth in api_calls
-                                 if not u.endswith("/v1/jobs?limit=50") or auth), api_calls
+        assert not [u for u, _, _ in self.requests if KEY in u], "the key went into a URL"
+        api_calls = [r for r in self.requests if urlsplit(r[0]).path.startswith("/v1/")]
+        # with a key saved, every API call carries it; without, none carries anything else
+        assert api_calls and all(auth == f"Bearer {KEY}" if saved else auth in (None, f"Bearer {KEY}")
+                                 for _, auth, saved in api_calls), api_calls
 
 
 @pytest.fixture
@@ -143,7 +145,8 @@ def _get(base: str, path: str) -> httpx.Response:
     return httpx.get(f"{base}{path}", headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
 
 
-def _enter_key(pg: Any, base_url: str) -> None:
+def _enter_key(page: Page, base_url: str) -> None:
+    pg = page.page
     pg.goto(f"{base_url}/ui")
     problem = pg.locator("#problem")
     problem.wait_for(state="visible", timeout=15_000)  # no key yet: the list call answered 401
@@ -152,11 +155,13 @@ def _enter_key(pg: Any, base_url: str) -> None:
     pg.click("#key-save")
     problem.wait_for(state="hidden", timeout=15_000)
     assert pg.evaluate("localStorage.getItem('distillery.apiKey')") == KEY
+    pg.locator("#jobs tbody tr").first.wait_for(timeout=15_000)  # the list, read with the key
+    page.key_saved = True
 
 
 def test_follows_a_real_job_to_succeeded_with_report_and_download(base_url: str, page: Page, tmp_path: Path) -> None:
     pg = page.page
-    _enter_key(pg, base_url)
+    _enter_key(page, base_url)
     # the digits scenario of the README's CLI transcript: teacher mlp 256-256, student mlp 32, 8 epochs each
     teacher = _submit(base_url, helpers.spec(name="dash-teacher"))
     kd = _submit(base_url, helpers.kd_spec({"job": teacher}, epochs=8, baseline=True, name="dash-kd",  # waits for it
@@ -210,7 +215,7 @@ def test_follows_a_real_job_to_succeeded_with_report_and_download(base_url: str,
 
 def test_cancels_a_running_job(base_url: str, page: Page) -> None:
     pg = page.page
-    _enter_key(pg, base_url)
+    _enter_key(page, base_url)
     job = _submit(base_url, helpers.spec(name="dash-long", training={"epochs": 500, "batch_size": 64, "lr": 0.05,
                                                                      "seed": 0}))
     pg.goto(f"{base_url}/ui#/jobs/{job}")
@@ -220,4 +225,13 @@ def test_cancels_a_running_job(base_url: str, page: Page) -> None:
     pg.locator("#job-head[data-status='cancelled']").wait_for(timeout=60_000)
     assert _get(base_url, f"/v1/jobs/{job}").json()["status"] == "cancelled"
     assert pg.locator("#cancel").count() == 0
+
+    pg.goto(f"{base_url}/ui#/jobs/job_0000000000000000")  # an unknown id: the API's problem, in one line
+    problem = pg.locator("#problem")
+    problem.wait_for(state="visible", timeout=15_000)
+    assert problem.inner_text() == "404 Not found: no job job_0000000000000000"
+    page.key_saved = False
+    pg.click("#key-clear")  # forgotten: gone from the browser, and the API says so
+    assert pg.evaluate("localStorage.getItem('distillery.apiKey')") is None
+    pg.locator("#problem:has-text('401')").wait_for(timeout=15_000)
     page.check()

@@ -144,26 +144,36 @@ def test_errors_are_api_errors_with_the_problem(service: Stack) -> None:
     assert exc.value.status is None and exc.value.line().startswith(f"cannot reach {dead}")
 
 
-def test_async_client_follows_cancels_and_wait_raises_job_failed(service: Stack) -> None:
+def test_async_client_runs_uploads_downloads_and_cancels(service: Stack, tmp_path: Path) -> None:
     long = helpers.spec(name="client-long", training={**FAST, "epochs": 500})
+    data = tmp_path / "two-classes.npz"
+    data.write_bytes(helpers.npz_bytes())
 
-    async def scenario() -> tuple[list[str], Any]:
+    async def scenario() -> dict[str, Any]:
         async with AsyncClient(service.base) as client:
+            art = await client.artifacts.upload(data)  # a path: opened, streamed, closed
+            assert art.format == "npz" and art.size == data.stat().st_size
+            assert (await client.artifacts.get(art.id)).sha256 == art.sha256
+
+            tiny = await client.jobs.create(helpers.TINY_SPEC)
+            report = await tiny.wait(timeout=120)
+            saved = await tiny.download("report.json", tmp_path)
+            assert json.loads(saved.read_text())["student"]["top1"] == report.student.top1
+            assert tiny.id in [j.id for j in (await client.jobs.list(limit=200)).data]
+
             job = await client.jobs.create(long)
             seen: list[str] = []
             async for event in job.follow(timeout=120):
                 seen.append(event.type)
-                if event.type == "epoch":
+                if event.type == "epoch" and seen.count("epoch") == 1:
                     await job.cancel()  # running: it stops at its next step
-                if event.type == "end":
-                    break
             with pytest.raises(JobFailed) as exc:
                 await job.wait(timeout=60)
-            return seen, exc.value.job
+            return {"seen": seen, "job": exc.value.job}
 
-    seen, job = asyncio.run(scenario())
-    assert "epoch" in seen and seen[-1] == "end"
-    assert job.status == Status.CANCELLED and job.ended
+    got = asyncio.run(scenario())
+    assert "epoch" in got["seen"] and got["seen"][-1] == "end"  # the stream ends by itself with the job
+    assert got["job"].status == Status.CANCELLED and got["job"].ended
 
 
 def test_sse_parser_keeps_ids_and_skips_keep_alives() -> None:

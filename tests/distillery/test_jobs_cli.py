@@ -103,6 +103,13 @@ def test_submit_follow_report_list_show_download_and_upload_as_teacher(
         assert re.search(rf"latency, batch {bs}\W+{row['teacher_ms']:.3f} ms\W+{row['student_ms']:.3f} ms", out), out
         assert f"{row['speedup']:.1f}x at batch {bs}" in out
 
+    code, out, _ = run(capsys, "jobs", "list", "--limit", "1")  # newest first, one a page
+    assert code == 0 and kd_id in out and teacher_id not in out
+    more = out.strip().splitlines()[-1]
+    assert more.startswith("more: distillery jobs list --cursor ") and more.endswith("--limit 1")
+    code, out, _ = run(capsys, *more.removeprefix("more: distillery ").split())
+    assert code == 0 and teacher_id in out and kd_id not in out
+
 
 def test_ctrl_c_while_following_leaves_the_job_running(user_env: dict[str, str], up: Up, tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:

@@ -197,7 +197,8 @@ function listView(root) {
           el('td', {}, el('a', { href: `#/jobs/${job.id}` }, job.id)), el('td', {}, job.name || ''),
           el('td', {}, badge(job.status)),
           el('td', {}, bar(p.fraction), ` ${p.fraction == null ? '' : pct(p.fraction)}`),
-          el('td', {}, p.epochs && !job.finished_at ? `${p.phase || ''} ${p.epoch}/${p.epochs}` : ''),
+          el('td', {}, job.waiting_for?.length ? `waiting for ${job.waiting_for.join(', ')}`
+            : p.epochs && !job.finished_at ? `${p.phase || ''} ${p.epoch}/${p.epochs}` : ''),
           el('td', { class: 'num' }, top1 == null ? '' : pct(top1)), el('td', {}, when(job.created_at)));
       }));
       if (!page.data.length) tbody.append(el('tr', {}, el('td', { colspan: 7, class: 'muted' }, 'No jobs yet.')));
