@@ -22,13 +22,19 @@ every epoch's end. A window fails when
   warm-up of DKD's soft term multiplied it by 9 in one window on digits, with a student still near
   chance;
 - accuracy on the probe batch fell back near chance after it had been at least halfway from chance
-  to perfect in this phase.
+  to perfect in this phase;
+- accuracy on the probe batch is still near chance STUCK_AFTER of the way into an epoch, and at least
+  STUCK_MIN_STEPS steps into the phase, while the teacher scores at least halfway from chance to
+  perfect on the validation split (measured: healthy lenet5 students on MNIST were at 0.5-0.8 twenty
+  steps in, of 422; the collapsed one stayed at chance).
 An epoch fails when its validation top-1 is near chance while the teacher scores at least halfway from
 chance to perfect on the same validation samples (the data is learnable, so the step is what keeps the
-student at chance), or while the phase has been rescued before (a rollback that did not take).
-The window that passes becomes the new "last good state" (a copy in memory); an epoch's failure goes
-back to the epoch's start. Each rescue is an event and a report row; after
-`training.max_rescues` of them in a phase the job fails with `diverged`.
+student at chance) and the phase has trained STUCK_MIN_STEPS steps or this is its last epoch (a small
+dataset's student may be slow for a few dozen steps; a finished one at chance is never a success),
+or while the phase has been rescued before (a rollback that did not take).
+The window that passes becomes the new "last good state" (a copy in memory), unless its student is
+near chance below a good teacher; an epoch's failure goes back to the epoch's start. Each rescue is an
+event and a report row; after `training.max_rescues` of them in a phase the job fails with `diverged`.
 
 Every check reads the validation split (or, with `training.validation: 0`, the first samples of the
 train split), never the test split.
@@ -52,6 +58,8 @@ SPIKE_FACTOR = 4.0
 SPIKE_MIN = 1.0
 SPIKE_DROP = 0.1
 BLOW_UP_FACTOR = 50.0
+STUCK_AFTER = 0.25
+STUCK_MIN_STEPS = 100
 EMA = 0.7  # weight of the running average against the newest window's probe loss
 
 
@@ -138,9 +146,16 @@ class Guard:
         self.avg_train: float | None = None  # running average of window mean training losses
         self.best_probe = 0.0
 
-    def window(self, mean_loss: float, probe_top1: float, probe_loss: float) -> str | None:
+    def below_teacher(self, top1: float) -> bool:
+        """Near chance while the teacher is good: not a state to come back to."""
+        return (self.reference is not None and good(self.reference, self.num_classes)
+                and near_chance(top1, self.num_classes))
+
+    def window(self, mean_loss: float, probe_top1: float, probe_loss: float, into_epoch: float = 0.0,
+               phase_steps: int = 0) -> str | None:
         """Why this window failed, or None (then the probe's loss joins the running average).
-        mean_loss: the window's mean training loss; probe_top1, probe_loss: on the probe batch."""
+        mean_loss: the window's mean training loss; probe_top1, probe_loss: on the probe batch; into_epoch:
+        the fraction of the epoch done; phase_steps: the steps the phase has trained."""
         if not math.isfinite(mean_loss) or not math.isfinite(probe_loss):
             return f"the loss became {mean_loss if not math.isfinite(mean_loss) else probe_loss}"
         if _spiked(probe_loss, self.avg):
@@ -153,18 +168,22 @@ class Guard:
         if good(self.best_probe, self.num_classes) and near_chance(probe_top1, self.num_classes):
             return (f"validation accuracy fell from {self.best_probe:.3f} to {probe_top1:.3f} "
                     f"(chance is {1 / self.num_classes:.3f})")
+        if into_epoch >= STUCK_AFTER and phase_steps >= STUCK_MIN_STEPS and self.below_teacher(probe_top1):
+            return (f"validation accuracy is still {probe_top1:.3f} (chance is {1 / self.num_classes:.3f}) "
+                    f"{into_epoch:.0%} into the epoch while the teacher scores {self.reference:.3f}")
         self.best_probe = max(self.best_probe, probe_top1)
         self.avg = probe_loss if self.avg is None else EMA * self.avg + (1 - EMA) * probe_loss
         self.avg_train = mean_loss if self.avg_train is None else EMA * self.avg_train + (1 - EMA) * mean_loss
         return None
 
-    def epoch(self, val_top1: float) -> str | None:
-        """Why this epoch failed, or None."""
+    def epoch(self, val_top1: float, phase_steps: int, last: bool) -> str | None:
+        """Why this epoch failed, or None. phase_steps: the steps the phase has trained; last: its last epoch."""
         if not near_chance(val_top1, self.num_classes):
             return None
         at = f"validation accuracy is {val_top1:.3f} (chance is {1 / self.num_classes:.3f}) at the end of the epoch"
-        if self.reference is not None and good(self.reference, self.num_classes):
-            return f"{at} while the teacher scores {self.reference:.3f} on the same samples"
+        if self.below_teacher(val_top1) and (last or phase_steps >= STUCK_MIN_STEPS):
+            return (f"{at} while the teacher scores {self.reference:.3f} on the same samples (a student still "
+                    "learning slowly needs more epochs rather than a smaller step)")
         if self.rescues:  # a phase that diverged once and sits at chance now was not rescued
             return f"{at} after {len(self.rescues)} rescue(s) in this phase"
         return None

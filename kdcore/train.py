@@ -236,9 +236,10 @@ def train_phase(phase: str, method: str, spec: JobSpec, data: Data, teachers: li
             done_before = float(good.sums.sum()) if good.sums is not None else 0.0
             mean = (float(term_sums.sum()) - done_before) / (i - good.step)
             p_ev = evaluate(distiller.student, probe, device, precision)
-            why = guard.window(mean, p_ev["top1"], p_ev["loss"])
+            why = guard.window(mean, p_ev["top1"], p_ev["loss"], i / steps, epoch * steps + i)
             if why is None:
-                if i > 1:  # after one step the running average has its seed; the epoch's start stays the good state
+                # after one step the running average has its seed; the epoch's start stays the good state
+                if i > 1 and not guard.below_teacher(p_ev["top1"]):
                     good = Snapshot.take(i, distiller, opt, sched, scaler, term_sums)
                 continue
             term_sums, i = rescue(why, epoch, i, good), good.step
@@ -252,7 +253,7 @@ def train_phase(phase: str, method: str, spec: JobSpec, data: Data, teachers: li
         ev_val = evaluate(distiller.student, val, device, precision) if val is not None else None
         judge_top1 = ev_val["top1"] if ev_val is not None else evaluate(distiller.student, probe, device,
                                                                         precision)["top1"]
-        why = guard.epoch(judge_top1)
+        why = guard.epoch(judge_top1, (epoch + 1) * steps, epoch + 1 == tr.epochs)
         if why is not None:  # the whole epoch again from its start, with half the step
             rescue(why, epoch, steps, start)
             continue

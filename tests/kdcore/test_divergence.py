@@ -106,7 +106,8 @@ def test_a_distilled_student_stuck_at_chance_below_a_good_teacher_is_diverged(di
     with pytest.raises(JobError) as e:
         run(spec, digits, [Teacher(teacher, 1, 1)], tmp_path / "kd",
             lambda kind, d: epochs.append(d) if kind == "epoch" else None)
-    # the first epoch at chance below a good teacher is rolled back (kdcore.rescue); no epoch at chance is kept
+    # at chance below a good teacher once the phase has trained 100 steps (21 an epoch here): rolled back
+    # three times (kdcore.rescue), then the job fails rather than keep a student at chance
     assert e.value.code == "diverged" and "while the teacher scores" in e.value.message
     assert "alpha*T = 18" in e.value.message and "3 rescue(s) already spent" in e.value.message
-    assert epochs == []
+    assert len(epochs) < 6 and all(r["val_top1"] < 0.2 for r in epochs)
