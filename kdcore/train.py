@@ -269,7 +269,7 @@ def train_phase(phase: str, method: str, spec: JobSpec, data: Data, teachers: li
         state.judged.append(judge_top1)
         on_event("epoch", {"phase": phase, **row, "epochs": tr.epochs})
         try:  # the slower signs over several epochs (kdcore.divergence), on the judged samples too
-            check_divergence(state.history, info.num_classes, float(sched.base_lrs[0]),
+            check_divergence(state.history, info.num_classes, tr.lr,
                              spec.distillation.temperature if distiller.distills else None,
                              teacher_top1=reference if distiller.distills else None, accs=state.judged)
         except Diverged as e:
