@@ -61,7 +61,7 @@ def build_report(spec: JobSpec, done: dict[str, Any], teachers: list[Teacher], d
 
 
 def plot_curves(report: dict[str, Any], path: Path) -> None:
-    """Test top-1 and train loss per epoch for the student (and the baseline, when there is one)."""
+    """Test (and validation) top-1 and train loss per epoch for the student (and the baseline, when there is one)."""
     import matplotlib
 
     matplotlib.use("Agg")  # workers have no display
@@ -73,11 +73,14 @@ def plot_curves(report: dict[str, Any], path: Path) -> None:
         runs.append(("baseline (no teacher)", report["baseline"]["epochs"]))
     for label, rows in runs:
         ep = [r["epoch"] for r in rows]
-        ax_acc.plot(ep, [r["test_top1"] for r in rows], marker="o", label=label)
+        line, = ax_acc.plot(ep, [r["test_top1"] for r in rows], marker="o", label=f"{label}, test")
+        if any(r.get("val_top1") is not None for r in rows):  # what the loop chose by, beside what it reports
+            ax_acc.plot(ep, [r.get("val_top1") for r in rows], linestyle=":", marker=".", color=line.get_color(),
+                        label=f"{label}, validation")
         ax_loss.plot(ep, [r["train_loss"] for r in rows], marker="o", label=label)
     if "teacher" in report and report["teacher"].get("top1") is not None:
         ax_acc.axhline(report["teacher"]["top1"], color="grey", linestyle="--", label="teacher")
-    ax_acc.set(xlabel="epoch", ylabel="test top-1", title="accuracy")
+    ax_acc.set(xlabel="epoch", ylabel="top-1", title="accuracy")
     ax_loss.set(xlabel="epoch", ylabel="train loss", title="loss")
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
