@@ -181,7 +181,7 @@ class SubsetSplit:
     rows: torch.Tensor  # int64, on the parent's labels' device
     _digest: list[str] = field(default_factory=list, repr=False, compare=False)
 
-    @property
+    @cached_property  # gathered once: the loop reads the labels of every batch from it
     def labels(self) -> torch.Tensor:
         return self.parent.labels.index_select(0, self.rows)
 
