@@ -30,8 +30,10 @@ def teacher_log_probs(teacher_logits: torch.Tensor, temperature: float,
 def soft_kl_logp(student_logits: torch.Tensor, log_p_t: torch.Tensor, temperature: float) -> torch.Tensor:
     """T^2 * KL(p_t || softmax(z_s/T)), averaged over the batch, with the teacher given as log-probs.
 
-    The T^2 factor keeps the soft term's gradient magnitude independent of T (Hinton et al. 2015),
-    so alpha means the same thing at every temperature.
+    The T^2 factor makes the gradient independent of T in the high-T limit, where it tends to
+    (z_s - z_t) / N, a regression on logit differences (Hinton et al. 2015). It does not put the soft
+    term on the hard term's scale: at temperature T the gradient on the logits is T * (p_s - p_t) / N,
+    bounded by T where cross-entropy's is bounded by 1 (docs/methods.md).
     """
     log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (temperature * temperature)

@@ -23,6 +23,10 @@ class Progress:
         self.last = now
         return True
 
+    def rewind(self, steps: int) -> None:
+        """Steps undone by a rollback (kdcore.rescue): they will be trained again."""
+        self.done -= steps
+
     def emit(self, **fields: Any) -> None:
         ran = self.done - self.start_done
         eta = (time.monotonic() - self.t0) / ran * (self.total - self.done) if ran > 0 else None

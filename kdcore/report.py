@@ -15,14 +15,20 @@ if TYPE_CHECKING:
 
 
 def build_report(spec: JobSpec, done: dict[str, Any], teachers: list[Teacher], device: torch.device,
-                 precision: str, wall_seconds: float) -> dict[str, Any]:
-    """The report from the finished phases' results (`TrainState.done`)."""
+                 precision: str, wall_seconds: float, val_samples: int = 0,
+                 train_samples: int | None = None) -> dict[str, Any]:
+    """The report from the finished phases' results (`TrainState.done`). val_samples: how many training
+    samples were held out for validation (training.validation), train_samples: how many were trained on."""
     s = done["distill"]
     report: dict[str, Any] = {
         "method": spec.distillation.method, "dataset": spec.dataset.name,
         "student": {"architecture": spec.student.architecture, "top1": s["top1"], "top5": s["top5"],
-                    "params": s["params"], "size_bytes": s["size_bytes"]},
+                    "params": s["params"], "size_bytes": s["size_bytes"], "val_top1": s.get("val_top1")},
+        "validation": {"samples": val_samples, "train_samples": train_samples, "keep": spec.training.keep},
+        "rescues": s.get("rescues", []),
     }
+    if "kept_epoch" in s:
+        report["student"]["kept_epoch"] = s["kept_epoch"]
     report.update(s.get("extra_students", {}))  # further trained models (the DML peer), by name
     if teachers:
         t_params = [t.params for t in teachers]
@@ -43,7 +49,10 @@ def build_report(spec: JobSpec, done: dict[str, Any], teachers: list[Teacher], d
         report["teacher_precision"] = s.get("teacher_precision", precision)
     if "baseline" in done:
         b = done["baseline"]
-        report["baseline"] = {"top1": b["top1"], "top5": b["top5"], "epochs": b["epochs"]}
+        report["baseline"] = {"top1": b["top1"], "top5": b["top5"], "val_top1": b.get("val_top1"),
+                              "epochs": b["epochs"], "rescues": b.get("rescues", [])}
+        if "kept_epoch" in b:
+            report["baseline"]["kept_epoch"] = b["kept_epoch"]
         report["kd_gain"] = round(s["top1"] - b["top1"], 6)
     report["epochs"] = s["epochs"]
     report.update(device=device.type, precision=precision, compile=s.get("compile", "off"),
@@ -52,7 +61,7 @@ def build_report(spec: JobSpec, done: dict[str, Any], teachers: list[Teacher], d
 
 
 def plot_curves(report: dict[str, Any], path: Path) -> None:
-    """Test top-1 and train loss per epoch for the student (and the baseline, when there is one)."""
+    """Test (and validation) top-1 and train loss per epoch for the student (and the baseline, when there is one)."""
     import matplotlib
 
     matplotlib.use("Agg")  # workers have no display
@@ -64,11 +73,14 @@ def plot_curves(report: dict[str, Any], path: Path) -> None:
         runs.append(("baseline (no teacher)", report["baseline"]["epochs"]))
     for label, rows in runs:
         ep = [r["epoch"] for r in rows]
-        ax_acc.plot(ep, [r["test_top1"] for r in rows], marker="o", label=label)
+        line, = ax_acc.plot(ep, [r["test_top1"] for r in rows], marker="o", label=f"{label}, test")
+        if any(r.get("val_top1") is not None for r in rows):  # what the loop chose by, beside what it reports
+            ax_acc.plot(ep, [r.get("val_top1") for r in rows], linestyle=":", marker=".", color=line.get_color(),
+                        label=f"{label}, validation")
         ax_loss.plot(ep, [r["train_loss"] for r in rows], marker="o", label=label)
     if "teacher" in report and report["teacher"].get("top1") is not None:
         ax_acc.axhline(report["teacher"]["top1"], color="grey", linestyle="--", label="teacher")
-    ax_acc.set(xlabel="epoch", ylabel="test top-1", title="accuracy")
+    ax_acc.set(xlabel="epoch", ylabel="top-1", title="accuracy")
     ax_loss.set(xlabel="epoch", ylabel="train loss", title="loss")
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)

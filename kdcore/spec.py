@@ -186,6 +186,32 @@ class TrainingSpec(BaseModel):
     lr_schedule: Literal["cosine", "step", "constant"] = Field(
         "cosine", description="cosine to 0 over all steps; step: x0.1 at 50% and 75% of the epochs")
     seed: int = Field(0, ge=0, le=2**31 - 1)
+    validation: float = Field(
+        0.1, ge=0, le=1_000_000, description="held out of the train split for every choice the loop makes "
+        "(keep best, rescues): below 1 a fraction (at most 0.5), from 1 a whole count of samples; 0 turns it off. "
+        "Seeded by `seed`, stratified by class; the test split is only reported, never chosen on")
+    keep: Literal["last", "best"] = Field(
+        "last", description="which weights become the student: the last epoch's, or the epoch with the highest "
+        "validation top-1 (needs `validation`)")
+    max_rescues: int = Field(3, ge=0, le=10, description="divergence rescues (roll back to the last good state, "
+                             "halve the learning rate, go on) before the job fails with `diverged`")
+    grad_clip: float | None = Field(None, gt=0, le=1e6, description="clip the gradient's global L2 norm to this "
+                                    "value before each step; null: no clipping")
+
+    @field_validator("validation")
+    @classmethod
+    def _validation_form(cls, v: float) -> float:
+        if 0.5 < v < 1:
+            raise ValueError("a validation fraction is at most 0.5 (values from 1 are a count of samples)")
+        if v >= 1 and v != int(v):
+            raise ValueError("a validation count (a value from 1) is a whole number of samples")
+        return v
+
+    @model_validator(mode="after")
+    def _keep_needs_validation(self) -> TrainingSpec:
+        if self.keep == "best" and self.validation == 0:
+            raise ValueError("`keep: best` chooses by validation top-1; it needs `validation` above 0")
+        return self
 
 
 class ResourcesSpec(BaseModel):

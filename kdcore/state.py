@@ -20,6 +20,7 @@ from torch import nn
 CHECKPOINT = "checkpoint.pt"
 _FILE_KEYS = {"model": "student"}  # attribute -> key in the checkpoint file, where the two differ
 _PHASE_INFO = ("teacher_cache", "teacher_precision", "compile")
+_PHASE_LISTS = ("rescues", "judged")  # written only while a phase is in progress
 
 
 @dataclass
@@ -36,6 +37,9 @@ class TrainState:
     teacher_cache: str | None = None  # which path the teacher took in this phase (kdcore.teacher_cache)
     teacher_precision: str | None = None
     compile: str | None = None  # torch.compile status: on, off, or failed (...); eager
+    rescues: list[dict[str, Any]] = field(default_factory=list)  # its rollbacks (kdcore.rescue)
+    judged: list[float] = field(default_factory=list)  # per epoch: top-1 on the samples the checks read
+    best: dict[str, Any] | None = None  # its epoch of highest validation top-1: epoch, val_top1, model
 
     # ---- the phase in progress ----------------------------------------------------------------------------
     def resumes(self, phase: str) -> bool:
@@ -80,7 +84,8 @@ class TrainState:
             out.update(phase=self.phase, epoch=self.epoch, history=self.history)
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name not in ("done", "phase", "epoch", "history") and v is not None:
+            if f.name not in ("done", "phase", "epoch", "history") and v is not None and (
+                    self.phase is not None or f.name not in _PHASE_LISTS):
                 out[_FILE_KEYS.get(f.name, f.name)] = v
         return out
 

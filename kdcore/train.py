@@ -26,7 +26,7 @@ from torch import nn
 
 from kdcore.checkpoints import save_student
 from kdcore.datasets import DatasetInfo, augment_batch
-from kdcore.datasets.base import Data
+from kdcore.datasets.base import Data, HeldOutData, Split, TensorSplit, validation_size
 from kdcore.divergence import check_divergence
 from kdcore.errors import Cancelled, Diverged, FeatureError, JobError
 from kdcore.evaluate import evaluate, score
@@ -44,6 +44,7 @@ from kdcore.models import count_params, create_model, validate_model_kwargs
 from kdcore.optim import build_optimizer, build_scheduler, steps_per_epoch
 from kdcore.progress import EventFn, Progress
 from kdcore.report import build_report, plot_curves
+from kdcore.rescue import PROBE_SIZE, Guard, Snapshot, window_steps
 from kdcore.spec import JobSpec
 from kdcore.state import CHECKPOINT, TrainState
 from kdcore.teacher_cache import DEFAULT_MAX_BYTES, Teacher, TeacherCache, teacher_test_logits, train_outputs
@@ -72,6 +73,12 @@ def run(spec: JobSpec, data: Data, teachers: list[Teacher], workdir: Path,
     precision = resolve_precision(spec.resources.precision, device)
     torch.manual_seed(spec.training.seed)
     data = data.to(device)
+    n_val = validation_size(len(data.train), spec.training.validation)
+    if n_val:
+        if n_val > len(data.train) // 2:
+            raise JobError("bad_params", f"training.validation holds out {n_val} of the {len(data.train)} training "
+                           "samples; at most half of them may be held out")
+        data = HeldOutData.hold_out(data, n_val, spec.training.seed)
     for t in teachers:
         t.module.to(device)
     for t in teachers:
@@ -83,25 +90,34 @@ def run(spec: JobSpec, data: Data, teachers: list[Teacher], workdir: Path,
     progress = Progress(on_event, steps * spec.training.epochs * len(phases),
                         state.steps_done(steps * spec.training.epochs, steps, [p for p, _ in phases]))
 
-    teacher_preds = None
+    teacher_preds, reference = None, None
     if teachers:  # the teachers' own test scores, and their predictions for the student's agreement
         d = spec.distillation
         judge = Distiller(nn.Identity(), [t.module for t in teachers], d.temperature, d.alpha, d.params,
                           teacher_weights=[t.weight for t in spec.teachers])
         t_eval = score(teacher_test_logits(judge, teachers, data.test, device, precision, cache), data.test.labels)
         teacher_preds = t_eval.pop("preds")
+        # the teachers' score on the samples the rescues judge by: the reference a student at chance is held to
+        judged = judge_split(data)
+        reference = score(teacher_test_logits(judge, teachers, judged, device, precision, cache),
+                          judged.labels)["top1"]
+        if isinstance(data, HeldOutData):
+            t_eval["val_top1"] = reference
         state.done.setdefault("teacher", t_eval)
 
     for phase, method in phases:
         if phase in state.done:
             continue
         distiller = train_phase(phase, method, spec, data, teachers, device, precision, state, ckpt_path, progress,
-                                on_event, should_stop, cache)
+                                on_event, should_stop, cache, reference)
+        if spec.training.keep == "best" and state.best is not None:
+            distiller.load_state_dict(state.best["model"])
         result = _phase_result(phase, distiller, spec, data, state, workdir, device, precision, teacher_preds)
         state.finish(phase, result)
         state.save(ckpt_path)
 
-    report = build_report(spec, state.done, teachers, device, precision, time.time() - wall0)
+    report = build_report(spec, state.done, teachers, device, precision, time.time() - wall0,
+                          n_val, len(data.train))
     (workdir / "report.json").write_text(json.dumps(report, indent=2))
     plot_curves(report, workdir / "curves.png")
     on_event("log", {"message": f"student top1 {report['student']['top1']:.4f}"})
@@ -110,8 +126,13 @@ def run(spec: JobSpec, data: Data, teachers: list[Teacher], workdir: Path,
 
 def train_phase(phase: str, method: str, spec: JobSpec, data: Data, teachers: list[Teacher],
                 device: torch.device, precision: str, state: TrainState, ckpt_path: Path, progress: Progress,
-                on_event: EventFn, should_stop: Callable[[], bool], cache: TeacherCache | None = None) -> Distiller:
-    """Trains one phase's epochs (from its checkpoint when state has one); returns the trained distiller."""
+                on_event: EventFn, should_stop: Callable[[], bool], cache: TeacherCache | None = None,
+                reference: float | None = None) -> Distiller:
+    """Trains one phase's epochs (from its checkpoint when state has one); returns the trained distiller.
+
+    Every `window` steps and at every epoch's end the phase's Guard (kdcore.rescue) checks the loss and the
+    accuracy on validation samples; a failed check rolls back to the last good state with half the LR.
+    `reference`: the teachers' top-1 on the judged samples (judge_split), None without teachers."""
     tr, info = spec.training, data.info
     torch.manual_seed(tr.seed)
     distiller = build_distiller(method, spec, data, teachers, device)
@@ -152,14 +173,38 @@ def train_phase(phase: str, method: str, spec: JobSpec, data: Data, teachers: li
     augment, channels_last = spec.dataset.augment == "standard", device.type == "cuda" and data.train.head(1).ndim == 4
     names: list[str] = []  # the method's loss terms, in the order of the stacked values
 
-    for epoch in range(start_epoch, tr.epochs):
+    val = data.val if isinstance(data, HeldOutData) else None
+    judged = judge_split(data)
+    probe = TensorSplit(judged.head(PROBE_SIZE), judged.labels[:PROBE_SIZE])
+    window = window_steps(steps)
+    advice = f"lower training.lr (now {tr.lr:g})"
+    if distiller.distills and spec.distillation.temperature > 1:
+        advice += (f" or training.grad_clip; the soft term's gradient on the logits is bounded by alpha*T = "
+                   f"{spec.distillation.alpha * spec.distillation.temperature:g} times that of the hard term at "
+                   f"T={spec.distillation.temperature:g} (docs/methods.md)")
+    guard = Guard(info.num_classes, reference, tr.max_rescues, state.rescues, advice)
+
+    def rescue(why: str, epoch: int, step: int, to: Snapshot) -> torch.Tensor | None:
+        bases = list(sched.base_lrs)  # the rollback restores the older LR; the halving starts from this one
+        sums = to.restore(distiller, opt, sched, scaler)
+        row = guard.rescue(why, epoch, step, opt, sched, bases)
+        progress.rewind(step - to.step)
+        on_event("rescue", {"phase": phase, **row, "to_step": to.step})
+        on_event("log", {"level": "warning", "message": f"{phase}: {why} at epoch {epoch + 1} step {step}; "
+                         f"rolled back to step {to.step} with lr {row['lr_after']:g}"})
+        return sums
+
+    epoch = start_epoch
+    while epoch < tr.epochs:
         distiller.train()
         t0 = time.perf_counter()
         gen = torch.Generator(device="cpu").manual_seed(tr.seed * 100003 + epoch)
         order = torch.randperm(n, generator=gen).to(device)
         term_sums: torch.Tensor | None = None  # accumulated on device: no host sync per step
+        start = good = Snapshot.take(0, distiller, opt, sched, scaler, None)  # a failed epoch goes back to start
         batches = data.train.batches(order, bs, steps)  # a split on disk reads ahead while this one trains
-        for i in range(steps):
+        i = 0
+        while i < steps:
             if should_stop():
                 raise Cancelled()
             idx = order[i * bs:(i + 1) * bs]
@@ -167,7 +212,8 @@ def train_phase(phase: str, method: str, spec: JobSpec, data: Data, teachers: li
             x, y = get_batch(data, next(batches), idx, gen, device, augment, channels_last)
             t_out = teacher_batch(distiller, x, idx, t_out_all, device, teacher_apart)
             try:
-                terms, names = train_step(distiller, opt, sched, scaler, x, y, t_out, frac_epoch, device, precision)
+                terms, names = train_step(distiller, opt, sched, scaler, x, y, t_out, frac_epoch, device, precision,
+                                          tr.grad_clip)
             except Exception as e:  # the first call compiles; a compiler that fails must not fail the job
                 if not (state.compile == "on" and i == 0 and epoch == start_epoch):
                     raise
@@ -176,38 +222,73 @@ def train_phase(phase: str, method: str, spec: JobSpec, data: Data, teachers: li
                 on_event("log", {"message": f"torch.compile {state.compile}"})
                 opt.zero_grad(set_to_none=True)
                 t_out = teacher_batch(distiller, x, idx, t_out_all, device, teacher_apart)
-                terms, names = train_step(distiller, opt, sched, scaler, x, y, t_out, frac_epoch, device, precision)
+                terms, names = train_step(distiller, opt, sched, scaler, x, y, t_out, frac_epoch, device, precision,
+                                          tr.grad_clip)
             term_sums = terms.clone() if term_sums is None else term_sums.add_(terms)
+            i += 1
             if progress.step():
-                cur = terms.sum().item()  # the only host sync inside the epoch, twice a second at most
-                _check_finite(cur, epoch)
-                progress.emit(phase=phase, epoch=epoch + 1, epochs=tr.epochs, loss=round(cur, 6),
-                              lr=sched.get_last_lr()[0])
+                cur = terms.sum().item()  # a host sync, twice a second at most
+                progress.emit(phase=phase, epoch=epoch + 1, epochs=tr.epochs,
+                              loss=round(cur, 6) if math.isfinite(cur) else None, lr=sched.get_last_lr()[0])
+            if i % window and i < steps and i != 1:  # the first step's loss (the untrained one) seeds the average
+                continue
+            # a window's end: its mean loss and the probe's accuracy decide whether this is a good state
+            done_before = float(good.sums.sum()) if good.sums is not None else 0.0
+            mean = (float(term_sums.sum()) - done_before) / (i - good.step)
+            p_ev = evaluate(distiller.student, probe, device, precision)
+            why = guard.window(mean, p_ev["top1"], p_ev["loss"], i / steps, epoch * steps + i)
+            if why is None:
+                # after one step the running average has its seed; the epoch's start stays the good state
+                if i > 1 and not guard.below_teacher(p_ev["top1"]):
+                    good = Snapshot.take(i, distiller, opt, sched, scaler, term_sums)
+                continue
+            term_sums, i = rescue(why, epoch, i, good), good.step
+            batches = data.train.batches(order[i * bs:], bs, steps - i)
         seconds = time.perf_counter() - t0 + pending_s
         pending_s = 0.0
         sums = term_sums.tolist() if term_sums is not None else []
         train_loss = sum(sums) / steps
-        _check_finite(train_loss, epoch)
         t1 = time.perf_counter()
-        ev = evaluate(distiller.student, data.test, device, precision)
+        ev = evaluate(distiller.student, data.test, device, precision)  # reported only: nothing chooses on it
+        ev_val = evaluate(distiller.student, val, device, precision) if val is not None else None
+        judge_top1 = ev_val["top1"] if ev_val is not None else evaluate(distiller.student, probe, device,
+                                                                        precision)["top1"]
+        why = guard.epoch(judge_top1, (epoch + 1) * steps, epoch + 1 == tr.epochs)
+        if why is not None:  # the whole epoch again from its start, with half the step
+            rescue(why, epoch, steps, start)
+            continue
         row = {"epoch": epoch + 1, "train_loss": round(train_loss, 6), "test_top1": ev["top1"],
-               "test_loss": ev["loss"], "seconds": round(seconds, 3),
+               "test_loss": ev["loss"], "val_top1": ev_val["top1"] if ev_val else None,
+               "val_loss": ev_val["loss"] if ev_val else None, "seconds": round(seconds, 3),
                "eval_seconds": round(time.perf_counter() - t1, 3),
                "losses": {k: round(v / steps, 6) for k, v in zip(names, sums, strict=False)}}
         if distiller.distills:
             t_now, a_now = distiller.coefficients(epoch + 0.5)  # mid-epoch values, for the curves
             row.update(temperature=round(t_now, 6), alpha=round(a_now, 6))
         state.history.append(row)
+        state.judged.append(judge_top1)
         on_event("epoch", {"phase": phase, **row, "epochs": tr.epochs})
-        try:  # a finite loss can still diverge: the student falls to chance (kdcore.divergence)
+        try:  # the slower signs over several epochs (kdcore.divergence), on the judged samples too
             check_divergence(state.history, info.num_classes, tr.lr,
                              spec.distillation.temperature if distiller.distills else None,
-                             teacher_top1=state.done.get("teacher", {}).get("top1") if distiller.distills else None)
+                             teacher_top1=reference if distiller.distills else None, accs=state.judged)
         except Diverged as e:
             raise JobError("diverged", str(e)) from None
-        state.end_epoch(epoch + 1, distiller, opt, sched)
+        if ev_val is not None and (state.best is None or ev_val["top1"] > state.best["val_top1"]):
+            state.best = {"epoch": epoch + 1, "val_top1": ev_val["top1"],
+                          "model": {k: v.detach().clone() for k, v in distiller.state_dict().items()}}
+        epoch += 1
+        state.end_epoch(epoch, distiller, opt, sched)
         state.save(ckpt_path)
     return distiller
+
+
+def judge_split(data: Data) -> Split:
+    """The samples every check reads: the validation split, or without one (`training.validation: 0`) the
+    first PROBE_SIZE samples of the train split. Never the test split."""
+    if isinstance(data, HeldOutData):
+        return data.val
+    return TensorSplit(data.train.head(PROBE_SIZE), data.train.labels[:PROBE_SIZE])
 
 
 def get_batch(data: Data, x: torch.Tensor, idx: torch.Tensor, gen: torch.Generator, device: torch.device,
@@ -236,14 +317,19 @@ def teacher_batch(distiller: Distiller, x: torch.Tensor, idx: torch.Tensor, cach
 
 def train_step(distiller: Distiller, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
                scaler: torch.amp.GradScaler, x: torch.Tensor, y: torch.Tensor, t_out: TeacherOutput | None,
-               frac_epoch: float, device: torch.device, precision: str) -> tuple[torch.Tensor, list[str]]:
-    """One optimizer step on (x, y); returns the detached loss terms, stacked (no host sync), and their names."""
+               frac_epoch: float, device: torch.device, precision: str,
+               grad_clip: float | None = None) -> tuple[torch.Tensor, list[str]]:
+    """One optimizer step on (x, y); returns the detached loss terms, stacked (no host sync), and their names.
+    grad_clip: the gradient's global L2 norm is clipped to it (training.grad_clip)."""
     with autocast(device, precision):
         _, terms = distiller.forward_train(x, y, frac_epoch, t_out)
         stacked = torch.stack([v.float() for v in terms.values()])
         loss = stacked.sum()
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
+    if grad_clip is not None:
+        scaler.unscale_(opt)  # clip the true gradient, not the fp16 loss-scaled one
+        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], grad_clip)
     scaler.step(opt)
     scaler.update()
     sched.step()
@@ -287,7 +373,12 @@ def _phase_result(phase: str, distiller: Distiller, spec: JobSpec, data: Data, s
     student = distiller.student
     ev = evaluate(student, data.test, device, precision)
     preds = ev.pop("preds")
-    result: dict[str, Any] = {"top1": ev["top1"], "top5": ev["top5"], "epochs": state.history, **state.phase_info()}
+    result: dict[str, Any] = {"top1": ev["top1"], "top5": ev["top5"], "epochs": state.history,
+                              "rescues": state.rescues, **state.phase_info()}
+    if isinstance(data, HeldOutData):
+        result["val_top1"] = evaluate(student, data.val, device, precision)["top1"]
+    if spec.training.keep == "best" and state.best is not None:
+        result["kept_epoch"] = state.best["epoch"]
     if phase != "distill":
         return result
     meta = {"method": spec.distillation.method, "seed": spec.training.seed}
@@ -317,9 +408,3 @@ def _probe(model: nn.Module, x: torch.Tensor, what: str, num_classes: int) -> No
     if out.ndim != 2 or out.shape[1] != num_classes:
         raise JobError("class_mismatch", f"{what} outputs {tuple(out.shape[1:])} per sample but the dataset "
                        f"has {num_classes} classes")
-
-
-def _check_finite(loss: float, epoch: int) -> None:
-    if not math.isfinite(loss):
-        raise JobError("non_finite_loss", f"the loss became {loss} in epoch {epoch + 1}; lower training.lr "
-                       "(the soft term is scaled by T^2) or use precision fp32")

@@ -170,3 +170,104 @@ class TensorData:
     def to(self, device: torch.device | str) -> TensorData:
         return TensorData(self.info, self.x_train.to(device), self.y_train.to(device),
                           self.x_test.to(device), self.y_test.to(device))
+
+
+@dataclass
+class SubsetSplit:
+    """The rows `rows` of another split, in that order (the validation set held out of a train split, and
+    the train split that is left): any Split, in memory or on disk, read through its own methods."""
+
+    parent: Split
+    rows: torch.Tensor  # int64, on the parent's labels' device
+    _digest: list[str] = field(default_factory=list, repr=False, compare=False)
+
+    @cached_property  # gathered once: the loop reads the labels of every batch from it
+    def labels(self) -> torch.Tensor:
+        return self.parent.labels.index_select(0, self.rows)
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+    def batch(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.parent.batch(self.rows.index_select(0, idx.to(self.rows.device)))
+
+    def head(self, n: int) -> torch.Tensor:
+        return self.parent.batch(self.rows[:n])
+
+    def chunks(self, size: int) -> Iterator[torch.Tensor]:
+        for i in range(0, len(self), max(1, int(size))):
+            yield self.parent.batch(self.rows[i:i + size])
+
+    def batches(self, order: torch.Tensor, batch_size: int, steps: int) -> Iterator[torch.Tensor]:
+        return self.parent.batches(self.rows.index_select(0, order.to(self.rows.device)), batch_size, steps)
+
+    def digest(self) -> str:
+        if not self._digest:  # the parent's content and which of its rows, in which order
+            self._digest.append(f"{self.parent.digest()}[{tensor_digest(self.rows)[:32]}]")
+        return self._digest[0]
+
+@dataclass
+class HeldOutData:
+    """A dataset whose train split lost its validation rows to `val` (training.validation): the loop trains
+    on `train`, chooses on `val` (keep best, rescues) and only reports on `test`."""
+
+    source: Data
+    train: SubsetSplit
+    val: SubsetSplit
+
+    @property
+    def info(self) -> DatasetInfo:
+        return self.source.info
+
+    @property
+    def test(self) -> Split:
+        return self.source.test
+
+    def to(self, device: torch.device | str) -> HeldOutData:
+        src = self.source.to(device)
+        dev = src.train.labels.device
+        return HeldOutData(src, SubsetSplit(src.train, self.train.rows.to(dev)),
+                           SubsetSplit(src.train, self.val.rows.to(dev)))
+
+    @classmethod
+    def hold_out(cls, data: Data, size: int, seed: int) -> HeldOutData:
+        """`size` samples of data's train split held out (holdout_rows: stratified, seeded)."""
+        train, val = holdout_rows(data.train.labels, size, seed)
+        return cls(data, SubsetSplit(data.train, train), SubsetSplit(data.train, val))
+
+
+def holdout_rows(labels: torch.Tensor, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train rows, validation rows): `size` rows held out, stratified (each class gives its share of
+    `size`, largest remainders first, so the class proportions match the split's) and chosen by `seed`.
+    Train rows come back sorted (sequential reads from disk); validation rows shuffled, so any prefix of
+    them (the loop's small probe batch) is itself a fair sample."""
+    y = labels.detach().to("cpu", torch.int64)
+    n = int(y.shape[0])
+    if not 0 < size < n:
+        raise ValueError(f"cannot hold out {size} of {n} samples")
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + 17)
+    classes, counts = torch.unique(y, return_counts=True)
+    quota = counts.double() * size / n
+    take = quota.floor().long()
+    # the rows still owed go to the classes with the largest remainders (ties: lower class first)
+    owed = size - int(take.sum())
+    if owed:
+        take[torch.argsort(quota - take.double(), descending=True, stable=True)[:owed]] += 1
+    held = []
+    for c, k in zip(classes.tolist(), take.tolist(), strict=True):
+        members = torch.nonzero(y == c).flatten()
+        held.append(members[torch.randperm(len(members), generator=gen)[:k]])
+    val = torch.cat(held)
+    val = val[torch.randperm(len(val), generator=gen)]
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[val] = False
+    device = labels.device
+    return torch.nonzero(keep).flatten().to(device), val.to(device)
+
+
+def validation_size(n: int, validation: float) -> int:
+    """How many of a train split's n samples `training.validation` holds out: below 1 a fraction (rounded,
+    at least 1), from 1 a count; 0 holds out none."""
+    if validation <= 0:
+        return 0
+    return max(1, round(n * validation)) if validation < 1 else int(validation)

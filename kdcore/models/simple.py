@@ -22,17 +22,31 @@ class MLPParams(BaseModel):
         description="widths of the hidden layers, in order; [] gives a linear (softmax regression) model",
     )
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="dropout after each hidden layer")
+    input_dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="dropout on the input pixels "
+                                 "(Hinton et al. 2012 and 2015's MNIST teacher: 0.2)")
+    max_norm: float | None = Field(default=None, gt=0.0, le=1000.0, description="max-norm constraint: each "
+                                   "hidden unit's incoming weight vector is rescaled to an L2 norm of at most "
+                                   "this after every step (Srivastava et al. 2014 used 3-4); null: none")
 
 
 class MLP(nn.Module):
-    """Flatten -> [Linear -> ReLU -> Dropout] * len(hidden) -> Linear (module `fc`)."""
+    """Flatten -> Dropout(input_dropout) -> [Linear -> ReLU -> Dropout] * len(hidden) -> Linear (module `fc`).
+
+    With `max_norm`, every hidden Linear's rows (a unit's incoming weights) are projected back onto the
+    ball of that L2 radius before each training forward, i.e. after every optimizer step: the
+    constraint of the dropout papers, which lets a large learning rate run without the weights growing.
+    """
 
     def __init__(self, in_features: int, hidden: list[int], num_classes: int, dropout: float = 0.0,
-                 input_shape: tuple[int, ...] | None = None):
+                 input_shape: tuple[int, ...] | None = None, input_dropout: float = 0.0,
+                 max_norm: float | None = None):
         super().__init__()
         self.in_features = in_features
         self.input_shape = input_shape  # only for the error message below
+        self.max_norm = max_norm
         self.flatten = nn.Flatten()
+        # no parameters: a checkpoint without input dropout loads into a model with it, and back
+        self.input_drop = nn.Dropout(input_dropout) if input_dropout > 0 else nn.Identity()
         layers: list[nn.Module] = []
         width = in_features
         for h in hidden:
@@ -49,16 +63,27 @@ class MLP(nn.Module):
             # An MLP is tied to its input size; say so rather than leave a matmul shape error.
             raise ValueError(f"mlp was built for inputs of shape {self.input_shape} ({self.in_features} "
                              f"values per sample) but got {x.shape[1]} values per sample")
-        return self.fc(self.body(x))
+        if self.max_norm is not None and self.training:
+            self._project()
+        return self.fc(self.body(self.input_drop(x)))
+
+    @torch.no_grad()
+    def _project(self) -> None:
+        assert self.max_norm is not None
+        for m in self.body:
+            if isinstance(m, nn.Linear):
+                m.weight.copy_(torch.renorm(m.weight, 2, 0, self.max_norm))
 
 
 @register_model("mlp", params=MLPParams)
 def mlp(*, num_classes: int, in_channels: int, input_size: tuple[int, int] = (32, 32),
-        hidden: list[int] | None = None, dropout: float = 0.0, **_: Any) -> nn.Module:
+        hidden: list[int] | None = None, dropout: float = 0.0, input_dropout: float = 0.0,
+        max_norm: float | None = None, **_: Any) -> nn.Module:
     """Multi-layer perceptron on the flattened image (Hinton et al. 2015's MNIST student is [800, 800])."""
     h, w = input_size
     hidden = [800, 800] if hidden is None else list(hidden)
-    return MLP(in_channels * h * w, hidden, num_classes, dropout, input_shape=(in_channels, h, w))
+    return MLP(in_channels * h * w, hidden, num_classes, dropout, input_shape=(in_channels, h, w),
+               input_dropout=input_dropout, max_norm=max_norm)
 
 
 class LeNet5(nn.Module):

@@ -94,6 +94,30 @@ def test_mlp_kwargs_shape_the_network() -> None:
     assert count_params(linear_only) == 64 * 3 + 3
 
 
+def test_mlp_input_dropout_and_max_norm_hintons_teacher() -> None:
+    torch.manual_seed(0)
+    model = create_model("mlp", num_classes=10, in_channels=1, input_size=(8, 8), hidden=[32, 32],
+                         input_dropout=0.2, max_norm=0.5)
+    assert isinstance(model.input_drop, nn.Dropout) and model.input_drop.p == 0.2
+    hidden = [m for m in model.body if isinstance(m, nn.Linear)]
+    with torch.no_grad():
+        for m in [*hidden, model.fc]:
+            m.weight.mul_(10)  # rows far outside the ball
+    x = torch.randn(4, 1, 8, 8)
+    model.eval()
+    a = model(x)
+    assert torch.equal(a, model(x))  # evaluation: no dropout, and the weights are left alone
+    assert all(m.weight.norm(dim=1).max() > 0.5 for m in hidden)
+    model.train()
+    model(x)  # a training forward projects first: each hidden unit's incoming weights have norm <= 0.5
+    assert all(m.weight.norm(dim=1).max() <= 0.5 + 1e-6 for m in hidden)
+    assert model.fc.weight.norm(dim=1).max() > 0.5  # the output layer is not constrained
+    plain = create_model("mlp", num_classes=10, in_channels=1, input_size=(8, 8), hidden=[32, 32])
+    assert set(plain.state_dict()) == set(model.state_dict())  # same checkpoint layout either way
+    with pytest.raises(InvalidModelKwargsError, match="max_norm"):
+        validate_model_kwargs("mlp", {"max_norm": 0}, num_classes=10, in_channels=1)
+
+
 def test_mlp_built_for_another_size_says_so() -> None:
     model = create_model("mlp", num_classes=10, in_channels=1, input_size=(28, 28))
     with pytest.raises(ValueError, match="built for inputs of shape"):
@@ -178,7 +202,8 @@ def test_unknown_name_lists_the_known_ones() -> None:
 
 @pytest.mark.parametrize(("name", "kwargs", "match"), [
     ("mlp", {"hidden": [-1]}, r"hidden\.0: Input should be greater than 0"),
-    ("mlp", {"hidden": [800], "depth": 3}, r"unknown kwarg 'depth' \(accepted: hidden, dropout\)"),
+    ("mlp", {"hidden": [800], "depth": 3},
+     r"unknown kwarg 'depth' \(accepted: hidden, dropout, input_dropout, max_norm\)"),
     ("mlp", {"dropout": 1.0}, "dropout"),
     ("mlp", {"num_classes": 100}, "kwarg num_classes=100 contradicts dataset's 10 classes"),
     ("cifar_resnet20", {"in_channels": 3}, "kwarg in_channels=3 contradicts dataset's 1 input channels"),
@@ -219,8 +244,9 @@ def test_torchvision_kwargs_pass_through() -> None:
 
 
 def test_validated_kwargs_are_normalized() -> None:
-    assert validate_model_kwargs("mlp", {}) == {"hidden": [800, 800], "dropout": 0.0}
-    assert validate_model_kwargs("mlp", {"dropout": 0}) == {"hidden": [800, 800], "dropout": 0.0}
+    mlp_defaults = {"hidden": [800, 800], "dropout": 0.0, "input_dropout": 0.0, "max_norm": None}
+    assert validate_model_kwargs("mlp", {}) == mlp_defaults
+    assert validate_model_kwargs("mlp", {"dropout": 0}) == mlp_defaults
     # a class count equal to the dataset's is redundant and dropped ...
     assert validate_model_kwargs("lenet5", {"num_classes": 10}, num_classes=10) == {}
     # ... and kept when there is no dataset value to compare with yet
@@ -249,7 +275,7 @@ def test_catalog_is_json_ready_and_complete() -> None:
         assert by_name[name]["description"]
     assert by_name["mlp"]["family"] == "builtin"
     mlp_schema = by_name["mlp"]["params"]
-    assert set(mlp_schema["properties"]) == {"hidden", "dropout"}
+    assert set(mlp_schema["properties"]) == {"hidden", "dropout", "input_dropout", "max_norm"}
     assert mlp_schema["additionalProperties"] is False
     assert mlp_schema["properties"]["hidden"]["default"] == [800, 800]
     assert by_name["cifar_resnet20"]["params"]["properties"] == {}

@@ -20,7 +20,7 @@ def test_round_trip_through_the_checkpoint_file(tmp_path: Path) -> None:
     s.save(tmp_path / "checkpoint.pt")
     raw = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert set(raw) == {"done", "phase", "epoch", "history", "student", "optimizer", "scheduler", "teacher_cache",
-                        "compile"}
+                        "compile", "rescues", "judged"}
     back = TrainState.load(tmp_path / "checkpoint.pt", torch.device("cpu"))
     assert back.resumes("distill") and not back.resumes("baseline")
     assert back.epoch == 1 and back.history == s.history and back.phase_info() == {"teacher_cache": "built",

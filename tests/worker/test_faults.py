@@ -52,11 +52,14 @@ def test_divergence_fails_the_job_with_diverged_and_advice(redis_client: redis.R
                                                            tmp_path: Path) -> None:
     store = JobStore(redis_client)
     spec = {**SPEC, "student": {"architecture": "mlp", "kwargs": {"hidden": [64]}},
-            "training": {"epochs": 5, "batch_size": 32, "lr": 5.0, "momentum": 0.9, "lr_schedule": "constant"}}
+            # no rescues allowed: the first blow-up fails the job (kdcore/rescue.py; with rescues this one recovers)
+            "training": {"epochs": 5, "batch_size": 32, "lr": 5.0, "momentum": 0.9, "lr_schedule": "constant",
+                         "max_rescues": 0}}
     rec, _ = Lifecycle(store, _no_broker).submit("t", spec, "cpu")
     assert execute(rec["id"], Settings(redis_url=redis_url, data_dir=tmp_path), store) == "failed"
     err = store.get_job(rec["id"])["error"]
     assert err["code"] == "diverged" and "lower training.lr (now 5)" in err["message"]
+    assert "blew up" in err["message"] and "0 rescue(s) already spent" in err["message"]
 
 
 @pytest.fixture

@@ -35,3 +35,28 @@ def test_digest_names_the_content_and_is_computed_once() -> None:
     assert data.train is data.train and data.train.digest() == tensor_digest(data.x_train)
     assert data.train.digest() != data.test.digest()
     assert _data().train.digest() == data.train.digest()
+
+
+def test_a_held_out_subset_reads_its_rows_in_memory_and_from_disk(tmp_path) -> None:
+    from kdcore.datasets.base import HeldOutData
+    from kdcore.datasets.store import PreparedStore
+
+    from .conftest import make_zip
+
+    disk = PreparedStore(tmp_path / "store").prepare(make_zip(tmp_path / "pets.zip"), workers=0)
+    for data in (_data(40), disk):
+        n = len(data.train)
+        held = HeldOutData.hold_out(data, n // 4, seed=1)
+        rows_t, rows_v = held.train.rows, held.val.rows
+        assert len(held.train) + len(held.val) == n and len(held.val) == n // 4
+        assert torch.equal(held.train.labels, data.train.labels[rows_t])
+        assert torch.equal(held.val.head(3), data.train.batch(rows_v[:3]))
+        idx = torch.tensor([4, 0, 4])
+        assert torch.equal(held.train.batch(idx), data.train.batch(rows_t[idx]))
+        assert torch.equal(torch.cat(list(held.val.chunks(4))), data.train.batch(rows_v))
+        order = torch.arange(len(held.train)).flip(0)
+        got = torch.cat(list(held.train.batches(order, 4, steps=2)))
+        assert torch.equal(got, data.train.batch(rows_t[order[:8]]))
+        # the teacher cache keys the subset apart from the whole split and from the other subset
+        assert len({held.train.digest(), held.val.digest(), data.train.digest()}) == 3
+        assert held.test is data.test and held.info is data.info
