@@ -403,6 +403,8 @@ def _probe(model: nn.Module, x: torch.Tensor, what: str, num_classes: int) -> No
     try:
         with torch.no_grad():
             out = model(x)
+    except JobError:  # already coded, e.g. teacher_error from a teacher's runtime (kdcore/teacher_io.py)
+        raise
     except Exception as e:  # any architecture/input mismatch; the message is the useful part
         raise JobError("model_input", f"{what} cannot take this dataset's input {tuple(x.shape[1:])}: {e}") from e
     if out.ndim != 2 or out.shape[1] != num_classes:
