@@ -82,4 +82,8 @@ def test_every_inference_path_fits_the_programs_batch(digits: Any, programs: dic
     report = run(_spec(method, augment), digits, [teacher], tmp_path / "work", cache_dir=tmp_path / "cache")
     # BUILT is followed by the logits' format, e.g. "built (fp32 logits)"
     assert report["teacher_cache"].startswith(cache), report["teacher_cache"]
-    assert 0.0 <= report["teacher"]["top1"] <= 1.0 and report["student"]["top1"] > 0.1
+    # the programs are untrained (their guards are what is under test), so the student learns from labels
+    # only through the (1 - alpha) term: one epoch of digits with fitnets + jitter sits near chance, hence no
+    # accuracy floor; a guard that refused a batch would have failed the run above
+    assert 0.0 <= report["teacher"]["top1"] <= 1.0 and 0.0 <= report["student"]["top1"] <= 1.0
+    assert len(report["epochs"]) == 1
