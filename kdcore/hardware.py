@@ -54,6 +54,21 @@ def cpu_has_fast_bf16() -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
 
 
+# Conv students train with channels_last activations and weights on CPU as on CUDA (oneDNN's NHWC kernels):
+# measured by benchmarks/conv_cpu.py, docs/benchmarks.md "Conv students on CPU". A module attribute, so that
+# the benchmark can run the loop as it was (False) and as it is in one process.
+CPU_CHANNELS_LAST = True
+
+
+def use_channels_last(device: torch.device, student: nn.Module, sample_ndim: int) -> bool:
+    """Whether the loop keeps the student and its batches in channels_last: a student with 2-D convolutions
+    on image batches (N, C, H, W), on CUDA, and on CPU while CPU_CHANNELS_LAST holds. An MLP would only pay
+    a copy to flatten its input."""
+    if sample_ndim != 4 or not any(isinstance(m, nn.Conv2d) for m in student.modules()):
+        return False
+    return device.type == "cuda" or (device.type == "cpu" and CPU_CHANNELS_LAST)
+
+
 def resolve_teacher_precision(requested: str, device: torch.device, precision: str) -> str:
     """The teacher only infers, so with precision auto it may run in bf16 where the student trains in fp32:
     on CPUs with native bf16 its forward takes half the time, and its soft targets move by about 0.4 % of

@@ -38,6 +38,7 @@ from kdcore.hardware import (
     resolve_teacher_precision,
     set_threads,
     uncompile,
+    use_channels_last,
 )
 from kdcore.methods import METHODS, Distiller, ModelFactory, TeacherOutput
 from kdcore.models import count_params, create_model, validate_model_kwargs
@@ -170,7 +171,8 @@ def train_phase(phase: str, method: str, spec: JobSpec, data: Data, teachers: li
     state.compile = compile_student(distiller.student, spec.resources.compile)
     if state.compile.startswith("failed"):
         on_event("log", {"message": f"torch.compile {state.compile}"})
-    augment, channels_last = spec.dataset.augment == "standard", device.type == "cuda" and data.train.head(1).ndim == 4
+    augment = spec.dataset.augment == "standard"
+    channels_last = use_channels_last(device, distiller.student, data.train.head(1).ndim)
     names: list[str] = []  # the method's loss terms, in the order of the stacked values
 
     val = data.val if isinstance(data, HeldOutData) else None
@@ -351,7 +353,7 @@ def build_distiller(method: str, spec: JobSpec, data: Data, teachers: list[Teach
     d, s = spec.distillation, spec.student
     models = ModelFactory(s.architecture, s.kwargs, functools.partial(build_model, data.info, device))
     student = models(s.architecture, s.kwargs)
-    if device.type == "cuda" and data.train.head(1).ndim == 4:
+    if use_channels_last(device, student, data.train.head(1).ndim):
         student = student.to(memory_format=torch.channels_last)
     modules = [t.module for t in teachers] if METHODS.get(method).meta["needs_teacher"] else []
     weights = [t.weight for t in spec.teachers] if modules else None

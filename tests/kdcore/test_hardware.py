@@ -61,3 +61,18 @@ def test_precision(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_teacher_precision("fp32", cpu, "fp32") == "fp32"
     monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: False)
     assert resolve_teacher_precision("auto", cpu, "fp32") == "fp32"
+
+
+def test_channels_last_is_for_conv_students_on_image_batches() -> None:
+    from torch import nn
+
+    from kdcore import hardware
+    from kdcore.models import create_model
+
+    conv = create_model("cifar_resnet20", num_classes=10, in_channels=3, input_size=(32, 32))
+    mlp = create_model("mlp", num_classes=10, in_channels=3, input_size=(32, 32), hidden=[8])
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert hardware.use_channels_last(cuda, conv, 4) and not hardware.use_channels_last(cuda, mlp, 4)
+    assert hardware.use_channels_last(cpu, conv, 4) == hardware.CPU_CHANNELS_LAST  # the measured choice
+    assert not hardware.use_channels_last(cpu, mlp, 4) and not hardware.use_channels_last(cpu, nn.Linear(2, 2), 2)
+    assert not hardware.use_channels_last(cuda, conv, 2)  # not an image batch
